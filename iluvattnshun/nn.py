@@ -1,0 +1,625 @@
+"""RoPE transformer with a preallocated KV cache, autoregressive generation and named activations.
+
+Shapes are written beside the lines that make them: B batch, T new tokens, S = cache length + T keys,
+H heads, D head dim, C model dim, V vocab.
+
+Every interesting activation has a stable dotted name (see ``MultilayerTransformer.activation_names``):
+
+    embed
+    layers.{i}.resid_pre          (B, T, C)  residual stream entering layer i
+    layers.{i}.attn.q / .k / .v   (B, H, T, D)  after RoPE (v has none)
+    layers.{i}.attn.weights       (B, H, T, S)  softmax attention pattern (forces the explicit path)
+    layers.{i}.attn.z             (B, H, T, D)  per-head attention output, before the output projection
+    layers.{i}.attn.out           (B, T, C)  attention output added to the residual stream
+    layers.{i}.resid_mid          (B, T, C)  residual stream after attention
+    layers.{i}.mlp.hidden         (B, T, 4C) after GELU
+    layers.{i}.mlp.out            (B, T, C)
+    layers.{i}.resid_post         (B, T, C)  residual stream leaving layer i
+    final_norm                    (B, T, C)
+    logits                        (B, T, V)
+
+``run_with_cache`` records any of them in one forward pass; ``run_with_hooks`` lets a function replace
+any of them (activation patching). With no hooks installed the model takes its fast path.
+"""
+
+import contextlib
+import difflib
+import math
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+"""A hook receives an activation and its name; returning a tensor replaces the activation."""
+
+NameFilter = Sequence[str] | Callable[[str], bool] | None
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., 2021) in the rotate-half layout.
+
+    The cos/sin tables are computed once and reused; they grow (to the next power of two) when a longer
+    sequence arrives and are rebuilt only when the device or dtype changes.
+    """
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2 != 0:
+            raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = base
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cos: torch.Tensor | None = None  # (L, D), in the dtype and device last asked for
+        self._sin: torch.Tensor | None = None
+
+    def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (cos, sin) of shape (length, head_dim), from the cache when it is large enough."""
+        cos, sin = self._cos, self._sin
+        if cos is None or sin is None or cos.shape[0] < length or cos.device != device or cos.dtype != dtype:
+            size = max(length, 1 << max(length - 1, 0).bit_length(), cos.shape[0] if cos is not None else 0)
+            # The angles are computed in float32 (and on the target device) so that every dtype gets the same
+            # positions; bf16 angles would be off by whole radians at position ~1000.
+            pos = torch.arange(size, device=device, dtype=torch.float32)
+            freqs = torch.outer(pos, self.inv_freq.to(device=device, dtype=torch.float32))  # (L, D/2)
+            angles = torch.cat([freqs, freqs], dim=-1)  # (L, D)
+            cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+            self._cos, self._sin = cos, sin
+        return cos[:length], sin[:length]
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate ``x`` of shape (..., T, head_dim) as if its first position were ``offset``."""
+        seq_len = x.shape[-2]
+        cos, sin = self.tables(offset + seq_len, x.device, x.dtype)
+        cos, sin = cos[offset:], sin[offset:]  # (T, D)
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return x * cos + rotated * sin
+
+
+class KVCache:
+    """Per-layer key/value buffers, preallocated and written in place.
+
+    ``keys[i]`` and ``values[i]`` have shape (B, H, capacity, D); positions ``[0, length)`` are filled.
+    Buffers are allocated on the first write (so they take the dtype the attention actually computes in,
+    e.g. bf16 under autocast). Writing past ``capacity`` grows the buffers by doubling: decoding never
+    fails for lack of room, and a cache sized up front (as ``generate`` does) never reallocates.
+
+    The cache is mutated in place by the model; use ``clone()`` to branch from a shared prefix.
+    """
+
+    def __init__(self, n_layers: int, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"KVCache capacity must be >= 1, got {capacity}")
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.capacity = capacity
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def batch_size(self) -> int | None:
+        """Batch size of the stored keys, or None before the first write."""
+        k = self.keys[0]
+        return None if k is None else k.shape[0]
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions, doubling the capacity as often as needed."""
+        if length <= self.capacity:
+            return
+        new_capacity = self.capacity
+        while new_capacity < length:
+            new_capacity *= 2
+        for buffers in (self.keys, self.values):
+            for i, buf in enumerate(buffers):
+                if buf is not None:
+                    grown = buf.new_empty(buf.shape[0], buf.shape[1], new_capacity, buf.shape[3])
+                    grown[:, :, : self.length] = buf[:, :, : self.length]
+                    buffers[i] = grown
+        self.capacity = new_capacity
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values (B, H, T, D) after the filled positions; return all keys/values (B, H, S, D)."""
+        start, end = self.length, self.length + k.shape[2]
+        kbuf, vbuf = self.keys[layer], self.values[layer]
+        if kbuf is None or vbuf is None:
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
+            self.keys[layer], self.values[layer] = kbuf, vbuf
+        elif kbuf.shape[0] != k.shape[0]:
+            raise ValueError(f"KV cache holds batch size {kbuf.shape[0]} but the input has batch size {k.shape[0]}")
+        kbuf[:, :, start:end] = k
+        vbuf[:, :, start:end] = v
+        return kbuf[:, :, :end], vbuf[:, :, :end]
+
+    def clone(self) -> "KVCache":
+        """An independent copy (buffers copied), to branch decoding from a shared prefix."""
+        out = KVCache(len(self.keys), self.capacity)
+        out.keys = [None if k is None else k.clone() for k in self.keys]
+        out.values = [None if v is None else v.clone() for v in self.values]
+        out.length = self.length
+        return out
+
+
+class _Hookable(nn.Module):
+    """Gives a module named hook points that share one registry with the rest of the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hook_prefix = ""
+        self._hook_fns: dict[str, HookFn] = {}
+
+    def _hook(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if not self._hook_fns:  # the common case: one dict truth test, nothing else
+            return x
+        full = self._hook_prefix + name
+        fn = self._hook_fns.get(full)
+        if fn is None:
+            return x
+        out = fn(x, full)
+        return x if out is None else out
+
+    def _hooked(self, name: str) -> bool:
+        return bool(self._hook_fns) and (self._hook_prefix + name) in self._hook_fns
+
+
+class Attention(_Hookable):
+    """Multi-head causal self-attention with RoPE and an optional KV cache."""
+
+    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0, bias: bool = True) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # one matmul for q, k and v
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.rotary = RotaryEmbedding(self.head_dim, rope_base)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        layer_idx: int = 0,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        return_attn_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from the new tokens ``x`` to the cached ones and to themselves, causally.
+
+        Args:
+            x: (B, T, C) input of the new tokens.
+            kv_cache: keys/values of earlier positions; the new ones are written into it at ``kv_cache.length``.
+            layer_idx: which layer of ``kv_cache`` this module owns.
+            key_padding_mask: (B, S) with True at keys to ignore (S counts cached and new positions).
+            attn_mask: a precomputed (B or 1, 1, T, S) boolean mask, True = may attend (the model builds it once
+                for all layers); built here from the other arguments when None.
+            return_attn_weights: compute the softmax explicitly and return it.
+
+        Returns:
+            (output (B, T, C), attention weights (B, H, T, S) or None)
+        """
+        B, T, C = x.shape
+        offset = kv_cache.length if kv_cache is not None else 0
+        qkv = self.qkv_proj(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        qk = self.rotary(qkv[:2], offset=offset)  # (2, B, H, T, D): one rotation for q and k together
+        q = self._hook("q", qk[0])
+        k = self._hook("k", qk[1])
+        v = self._hook("v", qkv[2])
+        if kv_cache is not None:
+            k, v = kv_cache.write(layer_idx, k, v)  # (B, H, S, D)
+        S = k.shape[2]
+
+        if attn_mask is None:
+            attn_mask = causal_mask(T, S, x.device, key_padding_mask)
+        need_weights = return_attn_weights or self._hooked("weights")
+        weights: torch.Tensor | None = None
+        if need_weights:
+            # Explicit path: materialise the (T, S) pattern so it can be returned or patched.
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, S)
+            mask = attn_mask if attn_mask is not None or T == 1 else causal_mask(T, S, x.device, force=True)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = self._hook("weights", torch.softmax(scores, dim=-1))
+            z = weights @ v  # (B, H, T, D)
+        else:
+            # Fast path: fused kernel (flash / memory-efficient on GPU), same numbers as the explicit path.
+            # Without a mask, T > 1 means S == T (plain causal); T == 1 attends to everything cached.
+            is_causal = attn_mask is None and T > 1
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, H, T, D)
+        z = self._hook("z", z)
+        out = self.out_proj(z.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+        return self._hook("out", out), weights
+
+
+def causal_mask(
+    T: int, S: int, device: torch.device, key_padding_mask: torch.Tensor | None = None, force: bool = False
+) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for T new queries over S keys, the last T of which are the queries.
+
+    Query i sits at absolute position S - T + i and sees keys 0 .. S - T + i: causal within the new block and
+    the whole cache before it. Returns None when plain causal attention with S == T suffices (or when a single
+    query needs no mask), unless ``force``. Padding removes keys; each query always keeps its own position so
+    that a padded query row stays finite (its output is meaningless and must be masked out of any loss).
+    """
+    if key_padding_mask is None and not force and (S == T or T == 1):
+        return None
+    offset = S - T
+    q_pos = torch.arange(T, device=device).unsqueeze(1) + offset  # (T, 1)
+    k_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
+    mask = (k_pos <= q_pos).view(1, 1, T, S)  # (1, 1, T, S)
+    if key_padding_mask is not None:
+        if key_padding_mask.shape[-1] != S:
+            raise ValueError(
+                f"key_padding_mask covers {key_padding_mask.shape[-1]} positions but attention has {S} keys "
+                f"(cached + new)"
+            )
+        keep = ~key_padding_mask.to(device=device, dtype=torch.bool).view(-1, 1, 1, S)  # (B, 1, 1, S)
+        mask = (mask & keep) | (k_pos == q_pos).view(1, 1, T, S)
+    return mask
+
+
+class MLP(_Hookable):
+    """Position-wise feed-forward: C -> 4C -> C with GELU."""
+
+    def __init__(self, d_model: int, bias: bool = True) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, 4 * d_model, bias=bias)
+        self.fc_out = nn.Linear(4 * d_model, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self._hook("hidden", F.gelu(self.fc_in(x)))  # (B, T, 4C)
+        return self._hook("out", self.fc_out(hidden))  # (B, T, C)
+
+
+class TransformerLayer(_Hookable):
+    """Pre-LayerNorm block: x + drop(attn(ln(x))), then x + drop(mlp(ln(x)))."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        rope_base: float = 10000.0,
+        dropout_attn: float = 0.1,
+        dropout_mlp: float = 0.1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads, rope_base, bias=bias)
+        self.dropout_attn = nn.Dropout(dropout_attn)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, bias=bias)
+        self.dropout_mlp = nn.Dropout(dropout_mlp)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        layer_idx: int = 0,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        return_attn_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (residual stream (B, T, C), attention weights or None)."""
+        x = self._hook("resid_pre", x)
+        attn_out, weights = self.attn(
+            self.norm_attn(x),
+            kv_cache=kv_cache,
+            layer_idx=layer_idx,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            return_attn_weights=return_attn_weights,
+        )
+        x = self._hook("resid_mid", x + self.dropout_attn(attn_out))
+        x = x + self.dropout_mlp(self.mlp(self.norm_mlp(x)))
+        return self._hook("resid_post", x), weights
+
+
+class ModelOutput(NamedTuple):
+    """What ``MultilayerTransformer.forward`` returns; unpacks as ``logits, kv_cache, attn_weights, xs``."""
+
+    logits: torch.Tensor
+    """(B, T, V) next-token logits."""
+    kv_cache: KVCache | None
+    """The cache holding this call's keys/values when ``return_new_kv_cache`` (else None)."""
+    attn_weights: list[torch.Tensor]
+    """Per layer (B, H, T, S) when ``return_attn_weights`` (else empty)."""
+    xs: list[torch.Tensor]
+    """Residual stream after the embedding and after every layer (n_layers + 1 entries) when ``return_xs``."""
+
+
+class MultilayerTransformer(_Hookable):
+    """Decoder-only RoPE transformer over a token vocabulary.
+
+    Design decisions: pre-LayerNorm blocks followed by a final LayerNorm (without it the residual stream's
+    growing norm reaches the unembedding unnormalised); untied input embedding and output projection (with
+    vocabularies of a few dozen symbols tying saves nothing and entangles the two roles that interpretability
+    work wants to read separately; ``tie_weights=True`` ties them). Initialisation follows GPT-2: N(0, 0.02),
+    with the projections that write into the residual stream scaled by 1/sqrt(2 * n_layers).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 512,
+        n_heads: int = 8,
+        n_layers: int = 12,
+        rope_base: float = 10000.0,
+        dropout_attn: float = 0.1,
+        dropout_mlp: float = 0.1,
+        dropout_emb: float = 0.1,
+        bias: bool = True,
+        tie_weights: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.head_dim = d_model // n_heads
+        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        self.dropout_emb = nn.Dropout(dropout_emb)
+        self.layers = nn.ModuleList(
+            TransformerLayer(d_model, n_heads, rope_base, dropout_attn, dropout_mlp, bias=bias) for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model)
+        self.unembed = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_weights:
+            self.unembed.weight = self.token_embedding.weight
+        self._init_weights()
+
+        # One registry shared by every hookable submodule; names are the submodules' dotted paths.
+        for path, module in self.named_modules():
+            if isinstance(module, _Hookable):
+                module._hook_prefix = f"{path}." if path else ""
+                module._hook_fns = self._hook_fns
+        self._names = self._list_activation_names()
+
+    def _init_weights(self) -> None:
+        residual_std = 0.02 / math.sqrt(2 * max(self.n_layers, 1))
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # LayerNorm weights/biases and linear biases keep PyTorch's defaults (ones / zeros)
+            std = residual_std if name.endswith(("out_proj.weight", "fc_out.weight")) else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Forward and generation
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        return_new_kv_cache: bool = False,
+        return_attn_weights: bool = False,
+        return_xs: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Run the model on token ids.
+
+        Args:
+            x: (B, T) token ids.
+            kv_cache: keys/values of earlier positions (from ``new_kv_cache`` or a previous call). ``x`` is
+                treated as the continuation: positions start at ``kv_cache.length``.
+            return_new_kv_cache: advance the cache by this call's T positions and return it. Without a given
+                cache a new one is made. With a given cache and False, the cache is only read (its length does
+                not move).
+            return_attn_weights: return per-layer attention patterns (uses the explicit softmax path).
+            return_xs: return the residual stream after the embedding and after every layer.
+            key_padding_mask: (B, S) True at positions to ignore as keys, S = cached + new positions.
+
+        Returns:
+            ``ModelOutput(logits, kv_cache, attn_weights, xs)``.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(x.shape)}")
+        B, T = x.shape
+        if kv_cache is None and return_new_kv_cache:
+            kv_cache = KVCache(self.n_layers, T)
+        offset = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None:
+            kv_cache.reserve(offset + T)
+        attn_mask = causal_mask(T, offset + T, x.device, key_padding_mask)  # built once, shared by all layers
+
+        h = self._hook("embed", self.dropout_emb(self.token_embedding(x)))  # (B, T, C)
+        xs = [h] if return_xs else []
+        attn_weights: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            h, weights = layer(
+                h,
+                kv_cache=kv_cache,
+                layer_idx=i,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                return_attn_weights=return_attn_weights,
+            )
+            if return_attn_weights and weights is not None:
+                attn_weights.append(weights)
+            if return_xs:
+                xs.append(h)
+        h = self._hook("final_norm", self.final_norm(h))
+        logits = self._hook("logits", self.unembed(h))  # (B, T, V)
+
+        if kv_cache is not None and return_new_kv_cache:
+            kv_cache.length = offset + T
+        return ModelOutput(logits, kv_cache if return_new_kv_cache else None, attn_weights, xs)
+
+    def new_kv_cache(self, capacity: int) -> KVCache:
+        """An empty cache with room for ``capacity`` positions (it grows if exceeded)."""
+        return KVCache(self.n_layers, capacity)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after ``prompt`` using the KV cache.
+
+        The prompt is prefilled once; afterwards each sampled token is fed exactly once. The model is put in
+        eval mode for the call and restored afterwards.
+
+        Args:
+            prompt: (B, P) token ids; all prompts in a batch have the same length.
+            max_new_tokens: number of tokens to append.
+            temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+            top_k: sample only among the k most likely tokens.
+            generator: a ``torch.Generator`` on the model's device for reproducible sampling.
+
+        Returns:
+            (B, P + max_new_tokens) prompt followed by the new tokens.
+        """
+        if prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        B, P = prompt.shape
+        out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+        out[:, :P] = prompt
+        if max_new_tokens == 0:
+            return out
+
+        was_training = self.training
+        self.eval()
+        try:
+            cache = self.new_kv_cache(P + max_new_tokens)
+            logits = self(prompt, kv_cache=cache, return_new_kv_cache=True).logits[:, -1]  # (B, V)
+            for i in range(max_new_tokens):
+                token = _sample(logits, temperature, top_k, generator)  # (B,)
+                out[:, P + i] = token
+                if i + 1 < max_new_tokens:
+                    logits = self(out[:, P + i : P + i + 1], kv_cache=cache, return_new_kv_cache=True).logits[:, -1]
+        finally:
+            self.train(was_training)
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Named activations: caching and patching
+
+    def _list_activation_names(self) -> list[str]:
+        names = ["embed"]
+        for i in range(self.n_layers):
+            p = f"layers.{i}."
+            names += [p + "resid_pre"]
+            names += [p + f"attn.{n}" for n in ("q", "k", "v", "weights", "z", "out")]
+            names += [p + "resid_mid", p + "mlp.hidden", p + "mlp.out", p + "resid_post"]
+        return names + ["final_norm", "logits"]
+
+    def activation_names(self) -> list[str]:
+        """All hookable activation names, in the order the forward pass produces them."""
+        return list(self._names)
+
+    def _select_names(self, names: NameFilter) -> list[str]:
+        if names is None:
+            return self.activation_names()
+        if callable(names):
+            return [n for n in self._names if names(n)]
+        self._check_names(names)
+        return list(names)
+
+    def _check_names(self, names: Sequence[str] | Mapping[str, object]) -> None:
+        known = set(self._names)
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, self._names, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else "; see model.activation_names()"
+                raise ValueError(f"unknown activation name {name!r}{hint}")
+
+    @contextlib.contextmanager
+    def hooks(self, hooks: Mapping[str, HookFn]) -> Iterator[None]:
+        """Install ``{name: fn}`` hooks for the duration of a ``with`` block; they are removed even on error."""
+        self._check_names(hooks)
+        clash = set(hooks) & set(self._hook_fns)
+        if clash:
+            raise ValueError(f"hooks already installed for {sorted(clash)}")
+        self._hook_fns.update(hooks)
+        try:
+            yield
+        finally:
+            for name in hooks:
+                self._hook_fns.pop(name, None)
+
+    def run_with_hooks(self, x: torch.Tensor, hooks: Mapping[str, HookFn], **kwargs: bool) -> ModelOutput:
+        """One forward pass with hooks; each ``fn(tensor, name)`` may return a replacement tensor.
+
+        Hooking ``layers.{i}.attn.weights`` switches that layer to the explicit attention path.
+        """
+        with self.hooks(hooks):
+            out: ModelOutput = self(x, **kwargs)
+        return out
+
+    def run_with_cache(
+        self, x: torch.Tensor, names: NameFilter = None, detach: bool = True, **kwargs: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward pass recording activations.
+
+        Args:
+            x: (B, T) token ids.
+            names: which activations to record: a list of names, a predicate on names, or None for all.
+            detach: store detached tensors (set False to keep gradients flowing through the cache).
+
+        Returns:
+            (logits, {name: tensor}) with names in forward order.
+        """
+        cache: dict[str, torch.Tensor] = {}
+
+        def record(t: torch.Tensor, name: str) -> None:
+            cache[name] = t.detach() if detach else t
+
+        selected = self._select_names(names)
+        out = self.run_with_hooks(x, {n: record for n in selected}, **kwargs)
+        order = {n: i for i, n in enumerate(self._names)}
+        return out.logits, dict(sorted(cache.items(), key=lambda kv: order[kv[0]]))
+
+
+def _sample(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Pick one token per row of (B, V) logits."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+def flops_per_token(model: MultilayerTransformer, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token, the PaLM / nanoGPT convention: 6N + 12 * L * C * T for training, a third of it
+    for a forward pass. N counts matmul weights only (embedding lookups are free); the attention term counts
+    the full T x T square, as the convention does, not the causal half."""
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    forward = 2 * matmul_params + 2 * 2 * model.n_layers * seq_len * model.d_model
+    return float(forward * (3 if training else 1))
