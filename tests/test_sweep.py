@@ -1,0 +1,322 @@
+"""Tests of the sweep launcher and summary, with real tmux and a real (tiny) task script."""
+
+import csv
+import io
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+import sweep_dummy
+from iluvattnshun import sweep
+
+DUMMY = Path(__file__).with_name("sweep_dummy.py")
+REPO = Path(__file__).resolve().parents[1]
+
+requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+def dummy_cmd(logdir: Path) -> str:
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(DUMMY))} --tensorboard_logdir={shlex.quote(str(logdir))}"
+
+
+def tmux(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def session() -> Iterator[str]:
+    name = f"pytest-sweep-{uuid.uuid4().hex[:8]}"
+    yield name
+    tmux("kill-session", "-t", f"={name}")
+
+
+def run_dirs(logdir: Path, prefix: str) -> dict[str, Path]:
+    """run name -> run directory."""
+    return {p.name.split("_", 2)[2]: p for p in logdir.iterdir() if p.name.startswith("run_")}
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+def test_grid_is_a_cartesian_product_with_the_last_key_fastest() -> None:
+    grid = sweep.parse_grid(["num_layers=1,2", "--num_heads=1,2,4"])
+    sets = sweep.expand(grid)
+    assert [dict(s) for s in sets][:4] == [
+        {"num_layers": "1", "num_heads": "1"},
+        {"num_layers": "1", "num_heads": "2"},
+        {"num_layers": "1", "num_heads": "4"},
+        {"num_layers": "2", "num_heads": "1"},
+    ]
+    assert len(sets) == 6
+
+
+def test_overrides_file_sets_are_crossed_with_the_grid(tmp_path: Path) -> None:
+    path = tmp_path / "runs.txt"
+    path.write_text("# architectures\n--num_layers=2 --fail\n\nnum_layers=4 lr='1e-3'  # big\n")
+    sets = sweep.expand(sweep.parse_grid(["num_heads=1,2"]), sweep.read_overrides_file(path))
+    assert sets == [
+        [("num_layers", "2"), ("fail", None), ("num_heads", "1")],
+        [("num_layers", "2"), ("fail", None), ("num_heads", "2")],
+        [("num_layers", "4"), ("lr", "1e-3"), ("num_heads", "1")],
+        [("num_layers", "4"), ("lr", "1e-3"), ("num_heads", "2")],
+    ]
+    runs = sweep.plan_runs(sets, "p", [])
+    assert runs[0].shell_command("python x.py") == "python x.py --num_layers=2 --fail --num_heads=1 --run_name=p_0"
+
+
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        (["num_layers"], "expected KEY=V1,V2"),
+        (["num_layers="], "empty value for 'num_layers'"),
+        (["num_layers=1,,2"], "empty value"),
+        (["num_layers=1", "num_layers=2"], "given twice"),
+        (["run_name=a,b"], "run_name cannot be swept"),
+        (["bad key=1"], "not a valid field name"),
+    ],
+)
+def test_bad_grid_specs_are_rejected(specs: list[str], message: str) -> None:
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.parse_grid(specs)
+
+
+def test_overrides_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "runs.txt"
+    path.write_text("--num_layers=1\nnum_layers\n")
+    with pytest.raises(sweep.SweepError, match=r"runs.txt:2: expected --key=value"):
+        sweep.read_overrides_file(path)
+    path.write_text("--num_layers=1\n--num_heads=1 --grid\n--num_heads=1 --num_heads=2\n")
+    with pytest.raises(sweep.SweepError, match=r"runs.txt:3: 'num_heads' is given twice"):
+        sweep.read_overrides_file(path)
+    path.write_text("--num_heads=1\n")
+    with pytest.raises(sweep.SweepError, match="both in the overrides file and in --grid"):
+        sweep.expand({"num_heads": ["1"]}, sweep.read_overrides_file(path))
+
+
+def test_dry_run_assigns_gpus_round_robin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logdir = tmp_path / "logs"
+    argv = ["--cmd", dummy_cmd(logdir), "--grid", "num_layers=1,2,3,4,5", "--gpus", "0,1", "--prefix", "rr"]
+    assert sweep.main([*argv, "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert len(lines) == 5
+    for i, line in enumerate(lines):
+        assert line.startswith(f"CUDA_VISIBLE_DEVICES={i % 2} {dummy_cmd(logdir)} ")
+        assert f"--num_layers={i + 1} --run_name=rr_{i}  # pane {i}, gpu {i % 2}" in line
+    assert not logdir.exists(), "a dry run must create nothing"
+
+    # Two slots (one per GPU): runs queue in the pane of their GPU.
+    assert sweep.main(["launch", *argv, "--dry-run", "--max-parallel=1", "--skip-validation"]) == 0
+    out = capsys.readouterr().out
+    assert "5 runs in 2 panes on GPUs 0,1" in out
+    panes = [line.rsplit("# ", 1)[1] for line in out.splitlines() if not line.startswith("#")]
+    assert panes == ["pane 0, gpu 0", "pane 1, gpu 1", "pane 0, gpu 0", "pane 1, gpu 1", "pane 0, gpu 0"]
+
+
+def test_dry_run_on_cpu_sets_no_cuda_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--cmd", "python -m task", "--grid", "num_heads=1,2,4", "--gpus", "none", "--max-parallel", "2"]
+    assert sweep.main([*argv, "--dry-run", "--skip-validation", "--extra=--preset=quick --steps=2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert lines == [
+        "python -m task --preset=quick --steps=2 --num_heads=1 --run_name=sweep_0  # pane 0, cpu",
+        "python -m task --preset=quick --steps=2 --num_heads=2 --run_name=sweep_1  # pane 1, cpu",
+        "python -m task --preset=quick --steps=2 --num_heads=4 --run_name=sweep_2  # pane 0, cpu",
+    ]
+
+
+def test_var_rename_sweep_script_launches_the_layers_by_heads_grid() -> None:
+    script = REPO / "examples" / "var_rename" / "sweep.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "--dry-run", "--skip-validation", "--gpus", "0,1,2"],
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
+    grid = {(line.split("--num_layers=")[1].split()[0], line.split("--num_heads=")[1].split()[0]) for line in lines}
+    assert grid == {(str(layers), str(heads)) for layers in (1, 2, 3, 4) for heads in (1, 2, 4)}
+    assert len(lines) == 12 and all(" -m examples.var_rename " in line for line in lines)
+    assert lines[11].startswith("CUDA_VISIBLE_DEVICES=2 ") and "--run_name=layers_heads_11" in lines[11]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors (exit 2, one line)
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_empty_grid_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "empty sweep" in error_of(["--cmd", dummy_cmd(tmp_path), "--gpus=none"], capsys)
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    argv = ["--cmd", dummy_cmd(tmp_path), "--overrides-file", str(tmp_path / "empty.txt"), "--dry-run"]
+    assert "empty sweep" in error_of(argv, capsys)
+    assert "empty value for 'num_layers'" in error_of(["--cmd", "x", "--grid", "num_layers=", "--dry-run"], capsys)
+
+
+def test_unknown_grid_key_is_relayed_from_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--cmd", dummy_cmd(tmp_path), "--grid", "num_layers=1,2", "--grid", "num_hedas=2", "--gpus=none"]
+    err = error_of([*argv, "--session", f"pytest-never-{uuid.uuid4().hex[:8]}"], capsys)
+    assert "unknown field 'num_hedas'" in err and "run 0" in err
+    assert not tmp_path.joinpath(".sweeps").exists()
+    # A bad value is caught too, for the run that has it.
+    err = error_of(["--cmd", dummy_cmd(tmp_path), "--grid", "num_layers=1,x", "--gpus=none", "--dry-run"], capsys)
+    assert "run 1 (--num_layers=x)" in err and "expected int" in err
+
+
+def test_missing_tmux_says_how_to_install_it(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "iluvattnshun.sweep", "launch", "--cmd", "true", "--grid", "a=1", "--gpus", "none"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "tmux is not installed" in proc.stderr and "apt-get install tmux" in proc.stderr
+    assert "brew install tmux" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Real launches
+
+
+@requires_tmux
+def test_launch_on_two_gpus_replaces_session_and_summarizes(
+    tmp_path: Path, session: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logdir = tmp_path / "logs"
+    assert tmux("new-session", "-d", "-s", session, "sleep 300").returncode == 0
+    argv = ["--cmd", dummy_cmd(logdir), "--grid", "num_layers=1,2", "--gpus", "0,1", "--session", session]
+    err = error_of([*argv, "--prefix", "g"], capsys)
+    assert f"tmux session '{session}' already exists" in err and "--replace" in err
+    assert not logdir.exists()
+
+    assert sweep.main([*argv, "--prefix", "g", "--replace"]) == 0
+    assert f"launched 2 runs in tmux session '{session}' (2 panes on GPUs 0,1)" in capsys.readouterr().out
+    panes = tmux("list-panes", "-s", "-t", f"={session}", "-F", "#{pane_start_command}").stdout.splitlines()
+    assert len(panes) == 2 and not any("sleep" in p for p in panes), panes
+
+    rdir = sweep.record_dir(logdir, "g")
+    assert sweep.wait_for_runs(rdir, timeout=60) == {0: 0, 1: 0}
+    dirs = run_dirs(logdir, "g")
+    assert sorted(dirs) == ["g_0", "g_1"]
+    for i in range(2):
+        config = yaml.safe_load((dirs[f"g_{i}"] / f"{dirs[f'g_{i}'].name}.yaml").read_text())
+        assert config["num_layers"] == i + 1 and config["run_name"] == f"g_{i}"
+        assert (dirs[f"g_{i}"] / sweep_dummy.CUDA_FILE).read_text() == str(i)
+    # Panes stay open after their run so the output can be read.
+    assert tmux("list-panes", "-s", "-t", f"={session}", "-F", "#{pane_dead}").stdout.split() == ["0", "0"]
+
+    assert sweep.main(["summarize", str(logdir), "--prefix", "g", "--csv", str(tmp_path / "g.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs (2 finished), sorted by best val/accuracy" in out
+    table = [line.split() for line in out.splitlines() if line.startswith("g_")]
+    # num_layers=2 reaches the higher accuracy in the dummy, so it is listed first.
+    assert [row[:4] for row in table] == [["g_1", "2", "finished", "2"], ["g_0", "1", "finished", "2"]]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "g.csv").read_text())))
+    assert [(r["run"], r["num_layers"], r["state"]) for r in rows] == [
+        ("g_1", "2", "finished"),
+        ("g_0", "1", "finished"),
+    ]
+    assert float(rows[0]["final val/accuracy"]) == pytest.approx(2 / 3)
+    assert rows[1]["final val/acc_per_depth/2"] == "" and rows[0]["final val/acc_per_depth/2"] != ""
+
+
+@requires_tmux
+def test_cpu_runs_queue_in_one_pane_and_a_crash_is_reported(
+    tmp_path: Path, session: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    logdir = tmp_path / "logs"
+    runs = tmp_path / "runs.txt"
+    runs.write_text("--num_layers=1 --num_heads=2\n--num_layers=2 --fail\n")
+    argv = ["--cmd", dummy_cmd(logdir), "--overrides-file", str(runs), "--gpus", "none", "--max-parallel", "1"]
+    assert sweep.main([*argv, "--session", session, "--prefix", "c"]) == 0
+    capsys.readouterr()
+    assert len(tmux("list-panes", "-s", "-t", f"={session}").stdout.splitlines()) == 1
+
+    assert sweep.wait_for_runs(sweep.record_dir(logdir, "c"), timeout=60) == {0: 0, 1: 1}
+    dirs = run_dirs(logdir, "c")
+    assert (dirs["c_0"] / sweep_dummy.CUDA_FILE).read_text() == sweep_dummy.UNSET
+    # Queued, not parallel: the second run only started after the first one ended.
+    assert int(dirs["c_1"].name.split("_")[1]) > int(dirs["c_0"].name.split("_")[1])
+
+    table = sweep.summarize(logdir, "c", csv_path=tmp_path / "c.csv", html_path=tmp_path / "c.html")
+    assert "2 runs (1 finished, 1 crashed)" in table
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("c_")}
+    assert rows["c_0"].split()[1:5] == ["1", "2", "false", "finished"]
+    assert rows["c_1"].split()[1:6] == ["2", "1", "true", "crashed", "(exit"]
+    html = (tmp_path / "c.html").read_text()
+    assert "plotly" in html and "c_1" in html
+
+
+# --------------------------------------------------------------------------------------------
+# Summary states without tmux
+
+
+def test_summary_lists_every_state_and_skips_older_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logdir = tmp_path / "logs"
+
+    def dummy(*args: str) -> int:
+        return sweep_dummy.main([f"--tensorboard_logdir={logdir}", *args])
+
+    assert dummy("--run_name=s_0", "--num_layers=3") == 0  # from an earlier sweep with the same prefix
+    old = next(logdir.iterdir())
+    os.utime(old / f"{old.name}.yaml", (time.time() - 3600, time.time() - 3600))
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+
+    sets = [[("num_layers", str(n))] for n in (1, 2, 1, 2)]
+    runs = sweep.plan_runs(sets, "s", [])
+    rdir = sweep.record_dir(logdir, "s")
+    rdir.mkdir(parents=True)
+    sweep.status_path(rdir, 3).write_text("0\n")  # stale status of the earlier sweep
+    sweep.write_record(rdir, runs, cmd="x", extra=[], cwd=str(tmp_path), session="s", prefix="s", logdir=logdir)
+    assert not sweep.status_path(rdir, 3).exists()
+
+    assert dummy("--run_name=s_0", "--num_layers=1") == 0
+    sweep.status_path(rdir, 0).write_text("0\n")
+    assert dummy("--run_name=s_1", "--num_layers=2", "--fail") == 1
+    sweep.status_path(rdir, 1).write_text("1\n")
+    assert dummy("--run_name=s_2", "--num_layers=1", "--steps=1") == 0  # no status yet: still running
+
+    results, older = sweep.load_sweep(logdir, "s")
+    assert older == 1
+    assert [(r.run_name, r.state) for r in results] == [
+        ("s_0", "finished"),
+        ("s_1", "crashed (exit 1)"),
+        ("s_2", "running"),
+        ("s_3", "pending"),
+    ]
+    assert results[3].config == {"num_layers": 2} and results[3].run_dir is None
+    assert results[0].config["num_layers"] == 1 and results[0].step == 2 and results[2].step == 0
+    assert results[0].best("val/loss") == pytest.approx(1 / 4) and results[0].final("val/accuracy") == pytest.approx(
+        0.5
+    )
+    assert sweep.swept_params(results) == ["num_layers", "steps", "fail"]
+
+    assert sweep.main(["summarize", str(logdir), "--prefix", "s", "--sort", "loss", "--by", "final"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs (1 finished, 1 crashed, 1 running, 1 pending), sorted by final val/loss" in out
+    assert "1 older run directories" in out
+    # Lowest final loss first; runs without the metric last, in index order.
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("s_")] == ["s_0", "s_2", "s_1", "s_3"]
+
+    err = error_of(["summarize", str(logdir), "--prefix", "s", "--sort", "bleu"], capsys)
+    assert "--sort 'bleu'" in err and "val/accuracy" in err
+    assert "no runs named" in error_of(["summarize", str(logdir), "--prefix", "nope"], capsys)
