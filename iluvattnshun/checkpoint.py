@@ -1,0 +1,177 @@
+"""Checkpoint files: atomic writes, ``weights_only`` loads, shape-checked model loading and RNG state capture.
+
+A checkpoint is a dict of tensors and plain containers only (the config is stored as a YAML string, RNG
+states as tensors and lists), so ``torch.load(..., weights_only=True)`` can read it and nothing in the file
+can run code.
+"""
+
+import os
+import random
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+"""Checkpoint file names written by the trainer: ``ckpt_<step>.pt``."""
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the trainer checkpoint taken after ``step`` optimizer steps."""
+    return f"ckpt_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+    """Trainer checkpoints in ``directory`` sorted by step (oldest first); temp files are ignored."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_PATTERN.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint with the highest step in ``directory``, or None."""
+    ckpts = list_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some platforms/filesystems cannot open directories; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` atomically: a kill at any moment leaves the old file intact.
+
+    The data goes to a hidden temp file in the same directory, is fsynced, then renamed over ``path``.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with mode 0o666 (not mkstemp's 0o600) so that the file gets the usual umask permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: if the file is not a readable checkpoint dict (truncated, or holding arbitrary objects).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot load checkpoint {path!r} (corrupt, or not a weights-only file): {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes shared by every key."""
+    sd = dict(state_dict)
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Load ``state_dict`` into ``model`` strictly, after checking every name and shape.
+
+    Raises:
+        ValueError: naming each missing, unexpected and shape-mismatched parameter (with both shapes).
+    """
+    sd = _strip_prefixes(state_dict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        f"{k}: {source} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and isinstance(sd[k], torch.Tensor) and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched))
+    if missing:
+        problems.append("missing from " + source + ": " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected in " + source + ": " + ", ".join(unexpected))
+    if problems:
+        raise ValueError(
+            f"{source} does not match the model (was it trained with a different config?): " + " | ".join(problems)
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RNG state, in weights-only-loadable form
+
+
+def _cuda_initialized() -> bool:
+    # Asking for CUDA RNG state would otherwise initialise CUDA in CPU-only runs.
+    return torch.cuda.is_available() and bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA, if initialised) RNG states as tensors / plain lists."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": int(py_version), "internal": list(py_internal), "gauss_next": py_gauss},
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if _cuda_initialized() else [],
+    }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore RNG states captured by ``get_rng_state``."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    npst = state["numpy"]
+    keys = np.asarray(npst["keys"].cpu().numpy(), dtype=np.uint32)
+    np.random.set_state((npst["name"], keys, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])

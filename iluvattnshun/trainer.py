@@ -1,0 +1,968 @@
+"""The training loop: ``TrainerConfig`` + ``Trainer``.
+
+A task subclasses ``Trainer`` and fills in small hooks (``get_model``, ``get_optimizer``, ``get_loss``,
+``get_train_dataloader``, ``get_val_dataloader``; optionally ``get_scheduler``, ``val_metrics``,
+``post_val_metrics``, ``init_state``, ``on_run_start``, ``num_tokens``). ``Trainer(config).run()`` owns the
+rest: run directory, logging, evaluation, budgets, gradient accumulation and clipping, bf16 autocast,
+``torch.compile``, checkpoints (periodic, final, on Ctrl-C / SIGTERM), resume, and DDP under ``torchrun``.
+
+Loop order for each optimizer step: take ``grad_accum_steps`` micro-batches from the stream of epochs ->
+forward/backward each -> clip -> optimizer and scheduler step -> log (every ``log_every_n_seconds``) ->
+evaluate (every ``eval_every_n_samples``) -> checkpoint (every ``save_every_n_seconds``) -> stop checks.
+
+Dataloader protocol (all optional, for exact resume and sharding): ``set_epoch(epoch)`` is called before each
+epoch is iterated; on a mid-epoch resume ``skip(n)`` is called (after ``set_epoch``) so that the next
+iteration starts at batch ``n``; without ``skip`` the first ``n`` batches are drawn and dropped. Loaders
+shard by ``self.rank`` / ``self.world_size`` and must give every rank the same number of equally sized
+batches (DDP synchronises every backward pass).
+"""
+
+import collections.abc
+import contextlib
+import dataclasses
+import inspect
+import itertools
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import types
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Generic, Iterable, Iterator, Literal, Mapping, TypeVar
+
+import torch
+import torch.nn as nn
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from iluvattnshun import distributed as tdist
+from iluvattnshun.checkpoint import (
+    CKPT_PATTERN,
+    checkpoint_name,
+    get_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_model_state_dict,
+    set_rng_state,
+)
+from iluvattnshun.checkpoint import save_checkpoint as write_checkpoint
+from iluvattnshun.config import config_to_dict, get_yaml_string
+from iluvattnshun.logger import Logger, NullLogger, format_duration
+from iluvattnshun.utils import first_tensor, move_to_device, seed_everything
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint dict layout written by ``Trainer``."""
+
+_SYNC_EVERY = 8
+"""In a distributed run, ranks agree on time-based events (stop, save) every this many steps."""
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """Configuration of the training loop (tasks extend it with their own fields)."""
+
+    # Budget
+    num_epochs: int = 1
+    """Passes over the training data; -1 trains until another budget (or Ctrl-C) stops the run."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps in total (none: no limit)."""
+    max_minutes: float | None = None
+    """Stop after this many minutes of training in total, counted across resumes (none: no limit)."""
+
+    # Optimisation
+    batch_size: int = 32
+    """Samples per micro-batch on each process."""
+    grad_accum_steps: int = 1
+    """Micro-batches whose gradients are summed (averaged) into one optimizer step."""
+    grad_norm_max: float | None = 1.0
+    """Clip the global gradient norm to this value (0 or none: no clipping)."""
+    seed: int = 0
+    """Seed for python, numpy and torch RNGs (rank r of a distributed run uses seed + r)."""
+    device: str = "auto"
+    """Device to train on: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast for forward passes (CUDA only; falls back to fp32 elsewhere)."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    skip_nonfinite: bool = False
+    """Skip optimizer steps whose loss or gradient norm is not finite instead of stopping the run."""
+
+    # Evaluation
+    eval_every_n_samples: int | None = 10_000
+    """Evaluate on the validation set every this many training samples (none: only at start and end)."""
+
+    # Logging
+    log_every_n_seconds: float = 10.0
+    """Print and record training metrics at most this often (0: every step)."""
+    log_fp: int = 4
+    """Decimal places for floats on the console."""
+    tensorboard_logdir: str = "logs/default"
+    """Directory holding this task's run directories (run_<N>_<name>/)."""
+    run_name: str = ""
+    """Name of the run (its directory is run_<N>_<name>); empty uses a timestamp. With --resume: the run to continue."""
+    log_attention_maps: bool = False
+    """Log attention-map images at evaluation time (tasks that support it)."""
+
+    # Checkpointing
+    save_every_n_seconds: float = 600.0
+    """Write a checkpoint at most this often (0: only at the end and on Ctrl-C / SIGTERM)."""
+    overwrite_existing_checkpoints: bool = False
+    """Delete older checkpoints of the run after writing a new one."""
+    save_model_path: str | None = None
+    """Directory for checkpoints (none: the run directory)."""
+    load_model_path: str | None = None
+    """Initialise the model weights from this checkpoint (or state dict) file, then train as a new run."""
+    resume: bool = False
+    """Continue the latest checkpoint of the run directory named by run_name (empty: the newest run)."""
+
+    def validate(self) -> None:
+        """Check field values; raises ValueError naming the first bad one."""
+        if self.num_epochs == 0 or self.num_epochs < -1:
+            raise ValueError(f"num_epochs must be >= 1 or -1 (forever), got {self.num_epochs}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.grad_norm_max is not None and self.grad_norm_max < 0:
+            raise ValueError(f"grad_norm_max must be >= 0 (0 disables clipping), got {self.grad_norm_max}")
+        if self.eval_every_n_samples is not None and self.eval_every_n_samples < 0:
+            raise ValueError(f"eval_every_n_samples must be >= 0, got {self.eval_every_n_samples}")
+        if self.log_every_n_seconds < 0 or self.save_every_n_seconds < 0:
+            raise ValueError("log_every_n_seconds and save_every_n_seconds must be >= 0")
+        if self.log_fp < 0:
+            raise ValueError(f"log_fp must be >= 0, got {self.log_fp}")
+        if not self.resume and any(sep in self.run_name for sep in ("/", os.sep)):
+            raise ValueError(f"run_name must not contain a path separator, got {self.run_name!r}")
+        if self.resume and self.load_model_path:
+            raise ValueError("use either --resume (continue a run) or --load_model_path (new run), not both")
+        if self.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:<index>, got {self.device!r}")
+
+
+C = TypeVar("C", bound=TrainerConfig)
+
+
+@dataclass
+class Progress:
+    """Counters of a run; saved in every checkpoint and restored on resume."""
+
+    step: int = 0
+    """Optimizer steps taken (including skipped non-finite ones)."""
+    epoch: int = 0
+    """Current epoch (the one the next batch comes from)."""
+    batch_idx: int = 0
+    """Micro-batches of the current epoch already consumed on this rank."""
+    samples_seen: int = 0
+    """Training samples consumed, summed over ranks."""
+    tokens_seen: int = 0
+    """Training tokens consumed, summed over ranks (0 when ``num_tokens`` returns None)."""
+    last_eval_samples: int = -1
+    """``samples_seen`` at the last evaluation (-1: never evaluated)."""
+    eval_count: int = 0
+    """Evaluations run so far."""
+    skipped_steps: int = 0
+    """Steps skipped because of a non-finite loss (``skip_nonfinite``)."""
+    train_time_s: float = 0.0
+    """Seconds spent in the training loop, summed over resumes."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite and ``skip_nonfinite`` is off."""
+
+
+class _NonFiniteStep(Exception):
+    pass
+
+
+def allocate_run_dir(logdir: str, name: str) -> str:
+    """Create and return a fresh ``<logdir>/run_<N>_<name>`` directory, N one above the highest existing.
+
+    ``os.mkdir`` is atomic: of several processes racing for the same directory exactly one succeeds, and the
+    others move on to N+1, so concurrent runs never share a directory.
+    """
+    os.makedirs(logdir, exist_ok=True)
+    pattern = re.compile(r"^run_(\d+)(?:_|$)")
+    numbers = [int(m.group(1)) for entry in os.listdir(logdir) if (m := pattern.match(entry))]
+    n = max(numbers, default=0) + 1
+    for _ in range(10_000):
+        path = os.path.join(logdir, f"run_{n}_{name}" if name else f"run_{n}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+    raise RuntimeError(f"could not allocate a run directory in {logdir!r}")
+
+
+def find_run_dir(logdir: str, run_name: str) -> str:
+    """Locate an existing run directory for ``--resume``.
+
+    ``run_name`` may be a path to the directory, its basename (``run_3_foo``), the name part (``foo``: the
+    highest-numbered ``run_<N>_foo``), or empty (the highest-numbered run in ``logdir``).
+
+    Raises:
+        ValueError: if nothing matches.
+    """
+    if run_name and os.path.isdir(run_name) and os.sep in os.path.normpath(run_name):
+        return os.path.normpath(run_name)
+    if run_name and os.path.isdir(os.path.join(logdir, run_name)):
+        return os.path.join(logdir, run_name)
+    suffix = rf"_{re.escape(run_name)}" if run_name else r"(?:_.*)?"
+    pattern = re.compile(rf"^run_(\d+){suffix}$")
+    entries = os.listdir(logdir) if os.path.isdir(logdir) else []
+    found = sorted(
+        (int(m.group(1)), e) for e in entries if (m := pattern.match(e)) and os.path.isdir(os.path.join(logdir, e))
+    )
+    if not found:
+        runs = sorted(e for e in entries if e.startswith("run_"))
+        listing = ", ".join(runs[-10:]) if runs else "none"
+        raise ValueError(f"--resume: no run directory {run_name!r} under {logdir!r} (existing runs: {listing})")
+    return os.path.join(logdir, found[-1][1])
+
+
+def class_path(cls: type) -> str:
+    """``module:QualName`` of a class, naming the real module when it was run with ``python -m``."""
+    module = cls.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+    return f"{module}:{cls.__qualname__}"
+
+
+def batch_size_of(batch: Any) -> int:
+    """Size of dimension 0 of the first tensor in the batch."""
+    t = first_tensor(batch)
+    if t is None or t.dim() == 0:
+        raise ValueError("cannot infer the batch size: the batch holds no tensor with a batch dimension")
+    return int(t.shape[0])
+
+
+class Trainer(ABC, Generic[C]):
+    """Owns the training loop; subclasses provide the task through hook methods.
+
+    During ``run()`` these attributes are available to hooks: ``config``, ``logger``, ``run_dir``, ``device``,
+    ``rank``, ``world_size``, ``is_main``, ``model`` (the plain module), ``optimizer``, ``scheduler``,
+    ``progress``.
+    """
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler | None
+    train_loader: Iterable[Any]
+    val_loader: Iterable[Any]
+    _recorded_config: TrainerConfig
+    _clock: float
+    """When training time was last folded into ``progress.train_time_s``."""
+    """The config written to the run YAML and checkpoints (on resume: without resume=True)."""
+    # Accumulators of the current logging window (device tensors: read back only when logging).
+    _log_loss_sum: torch.Tensor
+    _log_loss_weight: int
+    _log_grad_norm_sum: torch.Tensor
+    _log_grad_norm_count: int
+
+    def __init__(self, config: C) -> None:
+        """Store the config, seed the RNGs and call ``init_state``; nothing touches the disk before ``run()``.
+
+        Raises:
+            ValueError: if ``config.validate()`` rejects the config.
+        """
+        validate = getattr(config, "validate", None)
+        if callable(validate):
+            validate()
+        self.config: C = config
+        self.rank = tdist.env_rank()
+        self.world_size = tdist.env_world_size()
+        self.local_rank = tdist.env_local_rank()
+        self.is_main = self.rank == 0
+        self.device = self._resolve_device(config.device)
+        self.logger: Logger = NullLogger()
+        self.run_dir: str | None = None
+        self.ckpt_dir: str | None = None
+        self.progress = Progress()
+        self.last_val_metrics: dict[str, Any] = {}
+        seed_everything(config.seed + self.rank)
+        self.init_state()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Hooks
+
+    def init_state(self) -> None:
+        """Set up task state (vocabularies, tokenizers, ...); called at the end of ``__init__``."""
+
+    @abstractmethod
+    def get_model(self) -> nn.Module:
+        """Build the model (the trainer moves it to the device, compiles and wraps it)."""
+
+    @abstractmethod
+    def get_optimizer(self, model: nn.Module) -> Optimizer:
+        """Build the optimizer over ``model``'s parameters."""
+
+    def get_scheduler(self, optimizer: Optimizer) -> LRScheduler | None:
+        """Optionally build a learning-rate scheduler; it is stepped once per optimizer step."""
+        return None
+
+    @abstractmethod
+    def get_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """Return ``(scalar loss, predictions)`` for a batch.
+
+        ``model`` is what to call: in training it may be wrapped (DDP, torch.compile), in evaluation it is the
+        compiled or plain module. Use ``self.model`` for the plain module's own methods.
+        """
+
+    def val_metrics(self, model: nn.Module, batch: Any, preds: Any) -> Mapping[str, Any]:
+        """Extra validation metrics for one batch (``model`` is the plain module, in eval mode).
+
+        Values: floats or scalar tensors (averaged over batches and ranks, weighted by batch size), strings
+        (the last one is kept), or dicts of floats averaged per key, e.g.
+        ``{"accuracy": 0.9, "acc_per_depth": {"0": 1.0, "1": 0.8}}``.
+        """
+        return {}
+
+    def post_val_metrics(self, model: nn.Module) -> Mapping[str, Any]:
+        """Metrics computed once per evaluation, after the batches (e.g. sampled generations).
+
+        Called on every rank with the plain model, so it may use collectives (e.g. to sum counts gathered in
+        ``val_metrics``); the values are not averaged over ranks, and rank 0's are the ones logged.
+        """
+        return {}
+
+    @abstractmethod
+    def get_train_dataloader(self) -> Iterable[Any]:
+        """The training batches of one epoch (re-iterated every epoch); see the module doc for the protocol."""
+
+    @abstractmethod
+    def get_val_dataloader(self) -> Iterable[Any]:
+        """The validation batches (iterated fully at every evaluation)."""
+
+    def on_run_start(self) -> None:
+        """Called in ``run()`` once the run directory, logger, model and loaders exist (log dataset stats here)."""
+
+    def num_tokens(self, batch: Any) -> int | None:
+        """Tokens in a batch, for tokens/s: by default the size of the first int64 2-D tensor, else None."""
+        return _first_token_count(batch)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Setup
+
+    def _resolve_device(self, name: str) -> torch.device:
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(name)
+        if device.type == "cuda" and self.world_size > 1:
+            device = torch.device("cuda", self.local_rank)
+        return device
+
+    @property
+    def _distributed(self) -> bool:
+        return self.world_size > 1
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _prepare_run_dir(self) -> tuple[str, str | None]:
+        """On rank 0: allocate (or, for --resume, find) the run directory; returns it and the checkpoint."""
+        cfg = self.config
+        error = None
+        run_dir = ""
+        ckpt: str | None = None
+        if self.is_main:
+            try:
+                if cfg.resume:
+                    run_dir = find_run_dir(cfg.tensorboard_logdir, cfg.run_name)
+                    ckpt_dir = cfg.save_model_path or run_dir
+                    found = latest_checkpoint(ckpt_dir)
+                    if found is None:
+                        raise ValueError(f"--resume: {ckpt_dir!r} holds no checkpoint (ckpt_*.pt)")
+                    ckpt = str(found)
+                else:
+                    name = cfg.run_name or datetime.now().strftime("%Y%m%d_%H%M%S")
+                    run_dir = allocate_run_dir(cfg.tensorboard_logdir, name)
+            except (ValueError, OSError) as e:
+                error = str(e)
+        run_dir, ckpt, error = tdist.broadcast_object((run_dir, ckpt, error))
+        if error is not None:
+            raise ValueError(error)
+        return run_dir, ckpt
+
+    def _write_run_files(self, resumed: bool) -> None:
+        assert self.run_dir is not None
+        base = os.path.basename(os.path.normpath(self.run_dir))
+        self.logger.log_text(f"{base}.yaml", get_yaml_string(self._recorded_config))
+        snapshot = os.path.join(self.run_dir, f"{base}.py")
+        if resumed and os.path.exists(snapshot):
+            return
+        source_file = None
+        try:
+            source_file = inspect.getsourcefile(type(self))
+        except TypeError:
+            pass
+        if source_file is None:
+            source_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if source_file and os.path.isfile(source_file):
+            with open(source_file, encoding="utf-8") as f:
+                self.logger.log_text(f"{base}.py", f.read())
+
+    def _load_model_weights(self, path: str) -> None:
+        state = load_checkpoint(path, map_location="cpu")
+        weights = state.get("model", state)
+        if not isinstance(weights, Mapping):
+            raise ValueError(f"{path!r} holds no model state dict")
+        load_model_state_dict(self.model, weights, source=path)
+        self.logger.notice("loaded model weights", path)
+
+    def _restore(self, path: str) -> list[Any]:
+        """Load a trainer checkpoint into model, optimizer, scheduler and counters; returns the RNG states."""
+        state = load_checkpoint(path, map_location="cpu")
+        missing = [k for k in ("model", "optimizer", "progress", "rng") if k not in state]
+        if missing:
+            raise ValueError(f"{path!r} is not a trainer checkpoint (missing {', '.join(missing)})")
+        load_model_state_dict(self.model, state["model"], source=path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            if state.get("scheduler") is None:
+                raise ValueError(f"{path!r} has no scheduler state but get_scheduler() returned one")
+            self.scheduler.load_state_dict(state["scheduler"])
+        known = {f.name for f in dataclasses.fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            # Each rank's data position and RNG stream only carry over with the same number of ranks.
+            self.logger.notice(
+                "resume: world size changed",
+                f"checkpoint from {saved_world} process(es), now {self.world_size}: restarting the current epoch",
+            )
+            self.progress.batch_idx = 0
+        old = yaml.safe_load(state.get("config", "")) or {}
+        new = config_to_dict(self.config)
+        diffs = [
+            f"{k}: {old[k]!r} -> {v!r}"
+            for k, v in new.items()
+            if k in old and old[k] != v and k not in ("resume", "run_name")
+        ]
+        # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
+        self._recorded_config = dataclasses.replace(
+            self.config, resume=False, run_name=str(old.get("run_name", self.config.run_name))
+        )
+        self.logger.notice(
+            f"resumed from {path} at step {self.progress.step:,}",
+            ("config changes: " + "; ".join(diffs)) if diffs else "",
+        )
+        rng = state["rng"]
+        return list(rng) if saved_world == self.world_size else []
+
+    # ------------------------------------------------------------------------------------------------------
+    # Run
+
+    def run(self) -> None:
+        """Train: set up the run directory, logger, model and data, run the loop, save, clean up."""
+        created_group = tdist.init_process_group(self.device)
+        try:
+            self._run()
+        finally:
+            if created_group:
+                tdist.destroy_process_group()
+
+    def _run(self) -> None:
+        cfg = self.config
+        self.run_dir, resume_ckpt = self._prepare_run_dir()
+        self.ckpt_dir = cfg.save_model_path or self.run_dir
+        if self.is_main:
+            purge_step = None
+            if resume_ckpt is not None and (m := CKPT_PATTERN.match(os.path.basename(resume_ckpt))):
+                purge_step = int(m.group(1)) + 1  # hide what the interrupted run logged after its checkpoint
+            self.logger = Logger(
+                self.run_dir,
+                precision=cfg.log_fp,
+                log_every_n_seconds=cfg.log_every_n_seconds,
+                run_name=os.path.basename(os.path.normpath(self.run_dir)),
+                purge_step=purge_step,
+            )
+        self._recorded_config = self.config
+        try:
+            if cfg.precision == "bf16" and self.device.type != "cuda":
+                self.logger.notice("precision", f"bf16 autocast needs CUDA; training in fp32 on {self.device}")
+
+            self.model = self.get_model().to(self.device)
+            self.optimizer = self.get_optimizer(self.model)
+            self.scheduler = self.get_scheduler(self.optimizer)
+            rng_states: list[Any] = []
+            if resume_ckpt is not None:
+                self._cleanup_temp_files()
+                rng_states = self._restore(resume_ckpt)
+            elif cfg.load_model_path:
+                self._load_model_weights(cfg.load_model_path)
+            self._write_run_files(resumed=resume_ckpt is not None)
+
+            self._fwd_model: nn.Module = self.model
+            if cfg.compile:
+                self._fwd_model = torch.compile(self.model)  # type: ignore[assignment]
+            self._train_model: nn.Module = self._fwd_model
+            if self._distributed:
+                device_ids = [self.device.index] if self.device.type == "cuda" else None
+                self._train_model = DistributedDataParallel(self._fwd_model, device_ids=device_ids)
+
+            self.train_loader = self.get_train_dataloader()
+            self.val_loader = self.get_val_dataloader()
+            self.on_run_start()
+            if rng_states:
+                # Restored last so that building the model and data above does not shift the RNG streams.
+                set_rng_state(rng_states[self.rank])
+
+            with self._signal_handlers():
+                self._train_loop()
+        finally:
+            self.logger.close()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        """SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts."""
+        self._signal_received: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: types.FrameType | None) -> None:
+            if self._signal_received is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal_received = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _cleanup_temp_files(self) -> None:
+        """Remove temp files left by a checkpoint write that was killed half-way."""
+        if not self.is_main or self.ckpt_dir is None:
+            return
+        for entry in os.listdir(self.ckpt_dir):
+            if entry.startswith(".ckpt_") and entry.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.ckpt_dir, entry))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Loop
+
+    def _batch_stream(self) -> Iterator[tuple[int, int, Any]]:
+        """Yield ``(epoch, position after this batch, batch)`` from the current position to the last epoch."""
+        loader = self.train_loader
+        cfg = self.config
+        epoch, start = self.progress.epoch, self.progress.batch_idx
+        length = len(loader) if isinstance(loader, collections.abc.Sized) else None
+        if length is not None and start >= length > 0:
+            epoch, start = epoch + 1, 0
+        while cfg.num_epochs < 0 or epoch < cfg.num_epochs:
+            set_epoch: Callable[[int], None] | None = getattr(loader, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
+            skip: Callable[[int], None] | None = getattr(loader, "skip", None)
+            idx = 0
+            if start and callable(skip):
+                skip(start)
+                idx = start
+            it = iter(loader)
+            for _ in range(start - idx):
+                if next(it, None) is None:
+                    break
+                idx += 1
+            produced = False
+            for batch in it:
+                produced = True
+                idx += 1
+                yield epoch, idx, batch
+            if not produced and start == 0:
+                raise ValueError(f"get_train_dataloader() yielded no batches in epoch {epoch}")
+            epoch, start = epoch + 1, 0
+
+    def _train_time(self) -> float:
+        """Seconds of training so far, over all sessions of this run; folds the elapsed time into progress."""
+        now = time.time()
+        self.progress.train_time_s += now - self._clock
+        self._clock = now
+        return self.progress.train_time_s
+
+    def _train_loop(self) -> None:
+        cfg = self.config
+        p = self.progress
+        self._clock = self._segment_start = time.time()
+        self._segment_start_step = p.step
+        self._last_save_time = time.time()
+        self._last_saved_step = p.step if p.step > 0 else -1
+        self._reset_log_window()
+        self._nonfinite_flag: torch.Tensor | None = None
+        self._check_each_step = cfg.skip_nonfinite or self.device.type == "cpu"
+        stream = self._batch_stream()
+
+        if p.last_eval_samples < 0:
+            self._evaluate()
+        reason = ""
+        interrupted = False
+        while not reason:
+            if cfg.max_steps is not None and p.step >= cfg.max_steps:
+                reason = f"reached max_steps={cfg.max_steps}"
+                break
+            micro_batches = list(itertools.islice(stream, cfg.grad_accum_steps))
+            if not micro_batches:
+                p.epoch, p.batch_idx = max(cfg.num_epochs, p.epoch), 0
+                reason = f"finished {cfg.num_epochs} epoch(s)"
+                break
+            try:
+                self._train_step(micro_batches)
+            except _NonFiniteStep as e:
+                path = self.save_checkpoint()
+                raise NonFiniteLossError(
+                    f"{e}; saved the last good state to {path}. Lower the learning rate, set --grad_norm_max, "
+                    "or pass --skip_nonfinite to skip such steps."
+                ) from None
+            self._maybe_log_train()
+            if self._eval_due():
+                self._evaluate()
+            interrupted, out_of_time, save = self._agree_on_events()
+            if save:
+                self.save_checkpoint()
+            if interrupted:
+                reason = "interrupted by a signal"
+            elif out_of_time:
+                reason = f"reached max_minutes={cfg.max_minutes}"
+
+        if not interrupted and p.samples_seen != p.last_eval_samples:
+            self._evaluate()
+        if self._nonfinite_anywhere():
+            self._raise_lazy_nonfinite()
+        path = self.save_checkpoint()
+        self.logger.log_hparams(config_to_dict(cfg), self.last_val_metrics)
+        self.logger.notice(
+            f"training stopped: {reason}",
+            f"step {p.step:,}, epoch {p.epoch}, {p.samples_seen:,} samples, "
+            f"{format_duration(self._train_time())} of training; checkpoint {path}",
+        )
+
+    def _eval_due(self) -> bool:
+        """Evaluate on crossing a multiple of ``eval_every_n_samples``: a resumed run (or one with an extra
+        final evaluation) keeps the same schedule as an uninterrupted one."""
+        every = self.config.eval_every_n_samples
+        p = self.progress
+        if not every:
+            return False
+        return p.samples_seen // every > max(p.last_eval_samples, 0) // every
+
+    def _agree_on_events(self) -> tuple[bool, bool, bool]:
+        """Signal- and time-based decisions ``(interrupted, out_of_time, save)``.
+
+        Ranks see signals and clocks at different moments, so a distributed run agrees on them (an all-reduce
+        every ``_SYNC_EVERY`` steps, which also checks for a non-finite loss on any rank).
+        """
+        cfg = self.config
+        interrupted = self._signal_received is not None
+        out_of_time = cfg.max_minutes is not None and self._train_time() >= cfg.max_minutes * 60
+        save = cfg.save_every_n_seconds > 0 and time.time() - self._last_save_time >= cfg.save_every_n_seconds
+        if not self._distributed:
+            return interrupted, out_of_time, save
+        if self.progress.step % _SYNC_EVERY != 0:
+            return False, False, False
+        nonfinite = float(self._nonfinite_flag) if self._nonfinite_flag is not None else 0.0
+        flags = tdist.all_reduce_max([float(interrupted), float(out_of_time), float(save), nonfinite], self.device)
+        if flags[3]:
+            self._raise_lazy_nonfinite()
+        return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+    def _train_step(self, micro_batches: list[tuple[int, int, Any]]) -> None:
+        cfg = self.config
+        p = self.progress
+        model = self._train_model
+        model.train()
+        n = len(micro_batches)
+        step_loss: torch.Tensor | None = None
+        samples = tokens = 0
+        for i, (_, _, batch) in enumerate(micro_batches):
+            batch = move_to_device(batch, self.device)
+            bs = batch_size_of(batch)
+            ntok = self.num_tokens(batch)
+            # Gradients are all-reduced only on the last micro-batch of the step.
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if isinstance(model, DistributedDataParallel) and i < n - 1:
+                sync = model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, _ = self.get_loss(model, batch)
+                if loss.dim() != 0:
+                    raise ValueError(f"get_loss must return a scalar loss, got shape {tuple(loss.shape)}")
+                (loss / n).backward()  # type: ignore[no-untyped-call]
+            detached = loss.detach().float()
+            step_loss = detached if step_loss is None else step_loss + detached
+            self._log_loss_sum = self._log_loss_sum + detached * bs
+            self._log_loss_weight += bs
+            samples += bs * self.world_size
+            tokens += (ntok or 0) * self.world_size
+        assert step_loss is not None
+        step_loss = step_loss / n
+
+        params = [q for q in self.model.parameters() if q.grad is not None]
+        grad_norm: torch.Tensor | None = None
+        max_norm = cfg.grad_norm_max if cfg.grad_norm_max else None
+        if max_norm is not None or self._check_each_step:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
+        do_step = True
+        if self._check_each_step:
+            assert grad_norm is not None
+            # In DDP the loss differs per rank but the reduced gradients do not: decide on them alone.
+            finite = bool(torch.isfinite(grad_norm)) and (self._distributed or bool(torch.isfinite(step_loss)))
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                if not cfg.skip_nonfinite:
+                    raise _NonFiniteStep(
+                        f"non-finite loss ({float(step_loss)}) or gradient norm at step {p.step + 1} "
+                        f"(epoch {p.epoch}, batch {p.batch_idx + 1})"
+                    )
+                p.skipped_steps += 1
+                do_step = False
+        else:
+            bad = ~torch.isfinite(step_loss)
+            if grad_norm is not None:
+                bad = bad | ~torch.isfinite(grad_norm)
+            self._nonfinite_flag = bad if self._nonfinite_flag is None else self._nonfinite_flag | bad
+        if do_step:
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        if grad_norm is not None and do_step:
+            self._log_grad_norm_sum = self._log_grad_norm_sum + grad_norm.detach().float()
+            self._log_grad_norm_count += 1
+        p.step += 1
+        p.epoch, p.batch_idx = micro_batches[-1][0], micro_batches[-1][1]
+        p.samples_seen += samples
+        p.tokens_seen += tokens
+
+    # ------------------------------------------------------------------------------------------------------
+    # Non-finite detection without a host sync per step (CUDA, skip_nonfinite off)
+
+    def _check_nonfinite_lazily(self) -> None:
+        if self._nonfinite_flag is not None and bool(self._nonfinite_flag):
+            self._raise_lazy_nonfinite()
+
+    def _nonfinite_anywhere(self) -> bool:
+        """Whether any rank saw a non-finite loss since the last check (collective in a distributed run)."""
+        local = float(self._nonfinite_flag) if self._nonfinite_flag is not None else 0.0
+        return bool(tdist.all_reduce_max([local], self.device)[0])
+
+    def _raise_lazy_nonfinite(self) -> None:
+        last = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir else None
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient norm at or before step {self.progress.step}; the model is no longer "
+            f"finite and was not saved (last good checkpoint: {last}). Lower the learning rate, set "
+            "--grad_norm_max, or pass --skip_nonfinite to skip such steps."
+        )
+
+    # ------------------------------------------------------------------------------------------------------
+    # Logging
+
+    def _reset_log_window(self) -> None:
+        self._log_loss_sum = torch.zeros((), device=self.device)
+        self._log_loss_weight = 0
+        self._log_grad_norm_sum = torch.zeros((), device=self.device)
+        self._log_grad_norm_count = 0
+        self._log_window = (time.time(), self.progress.step, self.progress.samples_seen, self.progress.tokens_seen)
+
+    def _eta_seconds(self) -> float | None:
+        """Seconds left under the tightest budget, from the step rate of this session (None: no budget)."""
+        cfg = self.config
+        p = self.progress
+        elapsed = time.time() - self._segment_start
+        done = p.step - self._segment_start_step
+        rate = done / elapsed if elapsed > 0 and done > 0 else None
+        etas = []
+        if cfg.max_minutes is not None:
+            etas.append(cfg.max_minutes * 60 - self._train_time())
+        if rate is not None:
+            if cfg.max_steps is not None:
+                etas.append((cfg.max_steps - p.step) / rate)
+            loader = self.train_loader
+            length = len(loader) if isinstance(loader, collections.abc.Sized) else None
+            if cfg.num_epochs > 0 and length:
+                left = cfg.num_epochs * length - (p.epoch * length + p.batch_idx)
+                etas.append(math.ceil(left / cfg.grad_accum_steps) / rate)
+        return max(0.0, min(etas)) if etas else None
+
+    def _maybe_log_train(self) -> None:
+        if not self.logger.should_log("train"):
+            return
+        if not self._distributed:
+            # In a distributed run this check happens collectively in _agree_on_events instead.
+            self._check_nonfinite_lazily()
+        p = self.progress
+        now = time.time()
+        t0, step0, samples0, tokens0 = self._log_window
+        dt = max(now - t0, 1e-9)
+        metrics: dict[str, Any] = {}
+        if self._log_loss_weight:
+            metrics["loss"] = float(self._log_loss_sum) / self._log_loss_weight
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics["lr"] = float(lr)
+        if self._log_grad_norm_count:
+            metrics["grad_norm"] = float(self._log_grad_norm_sum) / self._log_grad_norm_count
+        metrics["samples_per_s"] = (p.samples_seen - samples0) / dt
+        if p.tokens_seen > tokens0:
+            metrics["tokens_per_s"] = (p.tokens_seen - tokens0) / dt
+        metrics["steps_per_s"] = (p.step - step0) / dt
+        metrics["elapsed_min"] = self._train_time() / 60
+        header: dict[str, Any] = {"epoch": p.epoch, "samples": p.samples_seen}
+        eta = self._eta_seconds()
+        if eta is not None:
+            metrics["eta_min"] = eta / 60
+            header["eta"] = format_duration(eta)
+        if self.config.skip_nonfinite:
+            metrics["skipped_steps"] = p.skipped_steps
+        self.logger.log_metrics(metrics, "train", p.step, header=header, force=True)
+        self._reset_log_window()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Run the validation set; returns the metrics averaged over batches (weighted by batch size) and ranks.
+
+        The training RNG streams are saved and restored around it, so evaluating never changes the
+        training trajectory (and runs with different evaluation schedules stay comparable).
+        """
+        rng = get_rng_state()
+        model = self._fwd_model
+        was_training = model.training
+        model.eval()
+        sums: dict[tuple[str, str | None], float] = {}
+        weights: dict[tuple[str, str | None], int] = {}
+        texts: dict[str, str] = {}
+        order: list[str] = []
+        try:
+            for batch in self.val_loader:
+                batch = move_to_device(batch, self.device)
+                bs = batch_size_of(batch)
+                with self._autocast():
+                    loss, preds = self.get_loss(model, batch)
+                    metrics = {"loss": loss, **self.val_metrics(self.model, batch, preds)}
+                for name, value in metrics.items():
+                    if name not in order:
+                        order.append(name)
+                    if isinstance(value, str):
+                        texts[name] = value
+                        continue
+                    items = value.items() if isinstance(value, Mapping) else [(None, value)]
+                    for key, v in items:
+                        k = (name, None if key is None else str(key))
+                        sums[k] = sums.get(k, 0.0) + float(v) * bs
+                        weights[k] = weights.get(k, 0) + bs
+            gathered = tdist.all_gather_object((sums, weights, order))
+            total: dict[tuple[str, str | None], float] = {}
+            total_w: dict[tuple[str, str | None], int] = {}
+            for r_sums, r_weights, r_order in gathered:
+                for k, v in r_sums.items():
+                    total[k] = total.get(k, 0.0) + v
+                    total_w[k] = total_w.get(k, 0) + r_weights[k]
+                order.extend(n for n in r_order if n not in order)
+            result: dict[str, Any] = {}
+            for name in order:
+                if name in texts:
+                    result[name] = texts[name]
+                for (n, key), v in total.items():
+                    if n != name:
+                        continue
+                    mean = v / max(total_w[(n, key)], 1)
+                    if key is None:
+                        result[name] = mean
+                    else:
+                        result.setdefault(name, {})[key] = mean
+            result.update(self.post_val_metrics(self.model))
+        finally:
+            model.train(was_training)
+            set_rng_state(rng)
+        return result
+
+    def _evaluate(self) -> None:
+        p = self.progress
+        start = time.time()
+        metrics = self.evaluate()
+        p.last_eval_samples = p.samples_seen
+        p.eval_count += 1
+        self.last_val_metrics = metrics
+        header = {"epoch": p.epoch, "samples": p.samples_seen, "eval": format_duration(time.time() - start)}
+        self.logger.log_metrics(metrics, "val", p.step, header=header, force=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume (collective in a distributed run: RNG states are gathered)."""
+        rng_states = tdist.all_gather_object(get_rng_state())
+        if hasattr(self, "_clock"):
+            self._train_time()
+        progress = dataclasses.asdict(self.progress)
+        return {
+            "format_version": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "progress": progress,
+            "epoch": self.progress.epoch,
+            "step": self.progress.step,
+            "samples_seen": self.progress.samples_seen,
+            "batch_idx": self.progress.batch_idx,
+            "rng": rng_states,
+            "world_size": self.world_size,
+            "config": get_yaml_string(self._recorded_config),
+            "classes": {"config": class_path(type(self.config)), "trainer": class_path(type(self))},
+            "run_dir": os.path.abspath(self.run_dir) if self.run_dir else None,
+            "val_metrics": {k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
+        }
+
+    def save_checkpoint(self) -> str | None:
+        """Write ``ckpt_<step>.pt`` (rank 0) unless this step is already saved; returns the path.
+
+        Must be called by every rank of a distributed run at the same step.
+        """
+        assert self.ckpt_dir is not None
+        path = os.path.join(self.ckpt_dir, checkpoint_name(self.progress.step))
+        self._last_save_time = time.time()
+        if self._last_saved_step == self.progress.step and os.path.exists(path):
+            return path
+        state = self.checkpoint_state()
+        if self.is_main:
+            write_checkpoint(path, state)
+            if self.config.overwrite_existing_checkpoints:
+                for old in list_checkpoints(self.ckpt_dir):
+                    if old.name != os.path.basename(path):
+                        with contextlib.suppress(OSError):
+                            old.unlink()
+            self.logger.notice("saved checkpoint", path)
+        self._last_saved_step = self.progress.step
+        tdist.barrier()
+        return path
+
+
+def _first_token_count(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() if batch.dtype == torch.int64 and batch.dim() == 2 else None
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        n = _first_token_count(v)
+        if n is not None:
+            return n
+    return None

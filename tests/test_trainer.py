@@ -1,0 +1,406 @@
+"""The training loop on the toy task: learning, run directory, TensorBoard, checkpoints, resume, faults."""
+
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from toy_task import ToyConfig, ToyTrainer
+
+from iluvattnshun.checkpoint import list_checkpoints, load_checkpoint
+from iluvattnshun.config import config_from_yaml_string, load_config_from_yaml
+from iluvattnshun.trainer import NonFiniteLossError, allocate_run_dir, find_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """The toy model is tiny: one intra-op thread is faster and keeps results independent of the machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> ToyConfig:
+    base: dict[str, Any] = dict(
+        tensorboard_logdir=str(tmp_path / "logs"),
+        num_epochs=-1,
+        max_steps=10,
+        log_every_n_seconds=3600,
+        save_every_n_seconds=0,
+        eval_every_n_samples=96,
+        device="cpu",
+    )
+    base.update(overrides)
+    return ToyConfig(**base)
+
+
+def train(config: ToyConfig) -> ToyTrainer:
+    trainer = ToyTrainer(config)
+    trainer.run()
+    return trainer
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar tag over all event files of a run directory, ordered by step.
+
+    Files are read one by one: a directory reader orders them by name, which within one second and one
+    process (several runs in a test) need not be their creation order.
+    """
+    points = []
+    for path in Path(run_dir).glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            points += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return sorted(points)
+
+
+def test_init_has_no_side_effects(tmp_path: Path) -> None:
+    trainer = ToyTrainer(make_config(tmp_path))
+    assert not (tmp_path / "logs").exists()
+    assert trainer.run_dir is None and trainer.world_size == 1 and trainer.is_main
+    with pytest.raises(ValueError, match="batch_size"):
+        ToyTrainer(make_config(tmp_path, batch_size=0))
+
+
+def test_loss_falls_run_dir_tensorboard_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path, max_steps=40, eval_every_n_samples=640, run_name="learn", log_every_n_seconds=0)
+    trainer = train(config)
+    run_dir = Path(trainer.run_dir or "")
+    assert run_dir == tmp_path / "logs" / "run_1_learn"
+
+    # loss falls and the task is learnt
+    val_loss = scalars(run_dir, "val/loss")
+    assert [s for s, _ in val_loss] == [0, 20, 40]
+    assert val_loss[-1][1] < 0.5 * val_loss[0][1]
+    assert trainer.last_val_metrics["accuracy"] > 0.8
+
+    # the run directory holds all its files
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert "run_1_learn.yaml" in names and "run_1_learn.py" in names and "ckpt_00000040.pt" in names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert load_config_from_yaml(str(run_dir / "run_1_learn.yaml"), ToyConfig) == config
+    assert (run_dir / "run_1_learn.py").read_text() == (REPO / "tests" / "toy_task.py").read_text()
+
+    # TensorBoard tags
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s"}
+    expected |= {"train/eta_min", "train/elapsed_min", "val/loss", "val/accuracy", "val/acc_per_position/0"}
+    assert expected <= tags, expected - tags
+    assert [s for s, _ in scalars(run_dir, "train/loss")] == list(range(1, 41))  # log_every_n_seconds=0
+    assert "val/sample/text_summary" in acc.Tags()["tensors"]
+
+    # console: plain text (captured, not a TTY), throughput and ETA shown
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and "tokens_per_s" in out and "eta: " in out
+
+    # checkpoint contents, loadable with weights_only
+    state = load_checkpoint(run_dir / "ckpt_00000040.pt")
+    assert state["step"] == 40 and state["samples_seen"] == 40 * 32 and (state["epoch"], state["batch_idx"]) == (4, 8)
+    assert state["progress"]["tokens_seen"] == 40 * 32 * 12
+    assert state["classes"] == {"config": "toy_task:ToyConfig", "trainer": "toy_task:ToyTrainer"}
+    assert state["scheduler"] is not None and len(state["rng"]) == 1
+    assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert "lr: 0.003" in state["config"]
+    assert_same_state(state["model"], trainer.model.state_dict())
+
+
+@pytest.mark.parametrize("loader_skip, grad_accum_steps", [(True, 1), (False, 2)])
+def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool, grad_accum_steps: int) -> None:
+    """11 steps + resume + 11 more == 22 straight (exactly), with the split in the middle of an epoch."""
+    kw = dict(loader_skip=loader_skip, grad_accum_steps=grad_accum_steps)
+    first = train(make_config(tmp_path, max_steps=11, run_name="split", **kw))
+    state = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000011.pt")
+    assert state["batch_idx"] not in (0, 8)  # 8 micro-batches per epoch: the split is mid-epoch
+
+    resumed = train(make_config(tmp_path, max_steps=22, resume=True, run_name=first.run_dir, **kw))
+    assert resumed.run_dir == first.run_dir
+    straight = train(make_config(tmp_path, max_steps=22, run_name="straight", **kw))
+
+    assert resumed.progress.step == straight.progress.step == 22
+    assert resumed.progress.samples_seen == straight.progress.samples_seen
+    assert (resumed.progress.epoch, resumed.progress.batch_idx) == (
+        straight.progress.epoch,
+        straight.progress.batch_idx,
+    )
+    assert_same_state(resumed.model.state_dict(), straight.model.state_dict())
+    opt_a, opt_b = resumed.optimizer.state_dict()["state"], straight.optimizer.state_dict()["state"]
+    for i in opt_a:
+        assert_same_state(opt_a[i], opt_b[i])
+    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+    # the recorded config reproduces the run (no "resume" of a path), with the budget of the resumed session
+    recorded = load_config_from_yaml(str(Path(first.run_dir or "") / "run_1_split.yaml"), ToyConfig)
+    assert recorded == make_config(tmp_path, max_steps=22, run_name="split", **kw)
+    ckpt_config = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000022.pt")["config"]
+    assert config_from_yaml_string(ckpt_config, ToyConfig) == recorded
+    # both checkpoints in the resumed run directory, the TensorBoard curve continues at step 12
+    assert [p.name for p in list_checkpoints(first.run_dir or "")] == ["ckpt_00000011.pt", "ckpt_00000022.pt"]
+    val_steps = [s for s, _ in scalars(first.run_dir or "", "val/loss")]
+    assert val_steps == [0, 3, 6, 9, 11, 12, 15, 18, 21, 22] if grad_accum_steps == 1 else val_steps[-1] == 22
+
+
+def test_resume_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no run directory 'nope'"):
+        train(make_config(tmp_path, resume=True, run_name="nope"))
+    empty = allocate_run_dir(str(tmp_path / "logs"), "empty")
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        train(make_config(tmp_path, resume=True, run_name=os.path.basename(empty)))
+
+
+def test_load_model_path_and_shape_mismatch(tmp_path: Path) -> None:
+    first = train(make_config(tmp_path, max_steps=3))
+    ckpt = str(Path(first.run_dir or "") / "ckpt_00000003.pt")
+
+    class Probe(ToyTrainer):
+        def on_run_start(self) -> None:
+            self.initial = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    probe = Probe(make_config(tmp_path, max_steps=1, load_model_path=ckpt))
+    probe.run()
+    assert_same_state(probe.initial, first.model.state_dict())
+    assert probe.progress.step == 1 and probe.run_dir != first.run_dir  # a new run
+
+    with pytest.raises(ValueError) as exc:
+        train(make_config(tmp_path, max_steps=1, load_model_path=ckpt, d_model=48, n_layers=3))
+    message = str(exc.value)
+    assert "token_embedding.weight: " in message and "(16, 32) vs model (16, 48)" in message
+    assert "missing from" in message and "layers.2." in message
+
+
+class NaNAt(ToyTrainer):
+    """Returns a NaN loss at one training step."""
+
+    nan_step = 5
+
+    def get_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, preds = super().get_loss(model, batch)
+        if model.training and self.progress.step + 1 == self.nan_step:
+            loss = loss * float("nan")
+        return loss, preds
+
+
+def test_nonfinite_loss_stops_after_saving_last_good_state(tmp_path: Path) -> None:
+    trainer = NaNAt(make_config(tmp_path, max_steps=10))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\).*step 5.*ckpt_00000004.pt"):
+        trainer.run()
+    state = load_checkpoint(Path(trainer.run_dir or "") / "ckpt_00000004.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nonfinite_loss_skipped_when_configured(tmp_path: Path) -> None:
+    trainer = NaNAt(make_config(tmp_path, max_steps=10, skip_nonfinite=True, log_every_n_seconds=0))
+    trainer.run()
+    assert trainer.progress.step == 10 and trainer.progress.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert scalars(trainer.run_dir or "", "train/skipped_steps")[-1] == (10, 1.0)
+
+
+class SignalAt(ToyTrainer):
+    """Sends itself a signal during one training step."""
+
+    signal_step = 4
+    signum = signal.SIGTERM
+
+    def get_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if model.training and self.progress.step + 1 == self.signal_step:
+            os.kill(os.getpid(), self.signum)
+        return super().get_loss(model, batch)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    before = signal.getsignal(signum)
+    trainer = SignalAt(make_config(tmp_path, max_steps=50))
+    trainer.signum = signal.Signals(signum)
+    trainer.run()  # returns normally
+    assert trainer.progress.step == 4
+    assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
+    assert signal.getsignal(signum) == before  # handlers restored
+
+
+def test_budgets(tmp_path: Path) -> None:
+    epochs = train(make_config(tmp_path, num_epochs=2, max_steps=None))
+    assert epochs.progress.step == 16 and epochs.progress.epoch == 2
+    timed = train(make_config(tmp_path, max_steps=None, max_minutes=0.3 / 60, step_sleep=0.02))
+    assert 1 <= timed.progress.step < 50
+    assert 0.3 <= timed.progress.train_time_s < 30
+    state = load_checkpoint(list_checkpoints(timed.run_dir or "")[-1])
+    assert state["progress"]["train_time_s"] >= 0.3
+
+
+def test_overwrite_existing_checkpoints_keeps_only_the_newest(tmp_path: Path) -> None:
+    kept = train(make_config(tmp_path, max_steps=6, save_every_n_seconds=1e-6, overwrite_existing_checkpoints=True))
+    assert [p.name for p in list_checkpoints(kept.run_dir or "")] == ["ckpt_00000006.pt"]
+    every = train(make_config(tmp_path, max_steps=3, save_every_n_seconds=1e-6))
+    assert len(list_checkpoints(every.run_dir or "")) == 3
+
+
+def test_val_metrics_weighted_by_batch_size(tmp_path: Path) -> None:
+    # 40 validation sequences in batches of 32 and 8
+    trainer = train(make_config(tmp_path, max_steps=2, val_size=40, dropout=0.0))
+    model = trainer.model.eval()
+    tokens = trainer.val_data
+    with torch.no_grad():
+        preds = model(tokens[:, :-1])[0].argmax(-1)
+    correct = (preds == tokens[:, 1:]).float()
+    metrics = trainer.last_val_metrics
+    assert metrics["accuracy"] == pytest.approx(float(correct[:, 1:].mean()), abs=1e-6)
+    assert metrics["acc_per_position"]["2"] == pytest.approx(float(correct[:, 2].mean()), abs=1e-6)
+    assert isinstance(metrics["sample"], str) and metrics["val_sequences"] == 40
+
+
+def _allocate(logdir: str, barrier: Any, queue: Any) -> None:
+    barrier.wait()
+    queue.put(allocate_run_dir(logdir, "same"))
+
+
+# fork is safe here: the children only call os.mkdir, no torch thread pools.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_concurrent_run_dir_allocation(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(8), ctx.Queue()
+    procs = [ctx.Process(target=_allocate, args=(str(tmp_path), barrier, queue)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    dirs = [queue.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert len(set(dirs)) == 8
+    assert sorted(os.listdir(tmp_path)) == sorted(f"run_{n}_same" for n in range(1, 9))
+
+
+def test_find_run_dir(tmp_path: Path) -> None:
+    for name in ["a", "b", "a"]:
+        allocate_run_dir(str(tmp_path), name)
+    logdir = str(tmp_path)
+    assert find_run_dir(logdir, "a") == str(tmp_path / "run_3_a")
+    assert find_run_dir(logdir, "run_1_a") == str(tmp_path / "run_1_a")
+    assert find_run_dir(logdir, "") == str(tmp_path / "run_3_a")
+    assert find_run_dir(logdir, str(tmp_path / "run_2_b")) == str(tmp_path / "run_2_b")
+    with pytest.raises(ValueError, match="existing runs: run_1_a, run_2_b, run_3_a"):
+        find_run_dir(logdir, "c")
+
+
+def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
+    """SIGKILL a real training process; resuming continues from the newest checkpoint, which is intact."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    logdir = tmp_path / "logs"
+    common = [f"--tensorboard_logdir={logdir}", "--num_epochs=-1", "--device=cpu", "--log_every_n_seconds=1"]
+    cmd = [sys.executable, "-m", "tests.toy_task", *common, "--run_name=k", "--max_steps=100000"]
+    proc = subprocess.Popen(
+        [*cmd, "--save_every_n_seconds=0.2", "--step_sleep=0.005"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_dir = logdir / "run_1_k"
+    deadline = time.time() + 60
+    try:
+        while len(list_checkpoints(run_dir)) < 3:
+            assert proc.poll() is None, "training process exited early"
+            assert time.time() < deadline, "no checkpoints appeared"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    ckpts = list_checkpoints(run_dir)
+    last_step = int(re.findall(r"\d+", ckpts[-1].name)[0])
+    for ckpt in ckpts:  # every checkpoint left behind is complete
+        assert load_checkpoint(ckpt)["step"] == int(re.findall(r"\d+", ckpt.name)[0])
+
+    target = last_step + 5
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tests.toy_task", *common, "--resume", "--run_name=k", f"--max_steps={target}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {ckpts[-1]} at step {last_step:,}" in resumed.stdout  # lost only unsaved work
+    assert load_checkpoint(run_dir / f"ckpt_{target:08d}.pt")["step"] == target
+    assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
+
+
+def test_bf16_falls_back_to_fp32_off_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fp32 = train(make_config(tmp_path, max_steps=3))
+    bf16 = train(make_config(tmp_path, max_steps=3, precision="bf16"))
+    assert "bf16 autocast needs CUDA; training in fp32 on cpu" in capsys.readouterr().out
+    assert_same_state(fp32.model.state_dict(), bf16.model.state_dict())
+
+
+@pytest.mark.slow
+def test_compile_on_cpu(tmp_path: Path) -> None:
+    eager = train(make_config(tmp_path, max_steps=3, dropout=0.0))
+    compiled = train(make_config(tmp_path, max_steps=3, dropout=0.0, compile=True))
+    for k, v in eager.model.state_dict().items():
+        torch.testing.assert_close(compiled.model.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+    state = load_checkpoint(list_checkpoints(compiled.run_dir or "")[-1])
+    assert not any(k.startswith("_orig_mod.") for k in state["model"])  # plain module names
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_bf16_compile_learns_and_resumes(tmp_path: Path) -> None:
+    kw: dict[str, Any] = dict(device="cuda", precision="bf16", compile=True, eval_every_n_samples=640)
+    first = train(make_config(tmp_path, max_steps=40, run_name="gpu", **kw))
+    val_loss = scalars(first.run_dir or "", "val/loss")
+    assert val_loss[-1][1] < 0.5 * val_loss[0][1]
+    assert next(first.model.parameters()).device.type == "cuda"
+    state = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000040.pt")
+    assert len(state["rng"][0]["cuda"]) >= 1
+    resumed = train(make_config(tmp_path, max_steps=50, resume=True, run_name=first.run_dir, **kw))
+    assert resumed.progress.step == 50
+    assert load_checkpoint(Path(first.run_dir or "") / "ckpt_00000050.pt")["step"] == 50
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_resume_matches_straight_run(tmp_path: Path) -> None:
+    first = train(make_config(tmp_path, max_steps=11, device="cuda", run_name="split"))
+    resumed = train(make_config(tmp_path, max_steps=22, device="cuda", resume=True, run_name=first.run_dir))
+    straight = train(make_config(tmp_path, max_steps=22, device="cuda", run_name="straight"))
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_nonfinite_detected_without_per_step_sync(tmp_path: Path) -> None:
+    trainer = NaNAt(make_config(tmp_path, max_steps=20, device="cuda", log_every_n_seconds=0))
+    with pytest.raises(NonFiniteLossError, match="no longer finite"):
+        trainer.run()
+    assert trainer.progress.step == 5  # noticed at the first log after the bad step
+    skipping = NaNAt(make_config(tmp_path, max_steps=10, device="cuda", skip_nonfinite=True))
+    skipping.run()
+    assert skipping.progress.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in skipping.model.parameters())
