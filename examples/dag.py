@@ -1,0 +1,215 @@
+"""DAG reachability: which error node does a start node lead to?
+
+A layered DAG. ``num_nodes`` letter nodes are split into R ranks (R uniform in min_ranks..max_ranks,
+each rank min_per_rank..max_per_rank nodes); after the last letter rank comes the error rank, the
+digits ``0..num_errors-1``. Edges only go from one rank to the next. Construction, backwards from
+the error rank: every node of the last letter rank gets one edge, to an error digit (spread as
+evenly as possible over the digits); every node of an earlier rank picks a uniformly random node of
+the next rank, takes on the error digit it leads to, and gets ``min_outdeg..max_outdeg`` edges to
+distinct next-rank nodes that lead to that same digit (fewer if the next rank has fewer such nodes).
+So every node reaches exactly one error node, through paths that all have the same length.
+
+Prompt: the edges ``u>v;`` in random order, then the query ``s?`` for a uniformly random first-rank
+node ``s``, e.g. ``c>1;a>c;b>d;d>0;a?``. The only target is at ``?``: the error digit reachable
+from ``s`` (answer ``..................1``). Prompts are right-padded with ``_`` to
+``max_seq_len``; padding positions are masked. Metadata ``depth``: the path length from ``s`` to its
+error node (R, the number of letter ranks), at every prompt position (``META_PAD`` = -1 on padding).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iluvattnshun.config import parse_config
+from iluvattnshun.prompter import PromptConfig, Prompter
+from iluvattnshun.task import PromptTaskConfig, PromptTaskTrainer
+
+# --- data ---------------------------------------------------------------------------------------------
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+VOCAB = "0123456789" + LETTERS + ">;.?_"
+"""Token ids: digits 0-9 -> 0..9, a-z -> 10..35, '>' 36, ';' 37, '.' 38 (mask), '?' 39, '_' 40 (pad)."""
+
+
+@dataclass(kw_only=True)
+class DagPromptConfig(PromptConfig):
+    """Data parameters of the DAG reachability task."""
+
+    num_nodes: int = 8
+    """Letter nodes in the graph (1..26), error nodes not counted."""
+    min_ranks: int = 2
+    """Minimum number of letter ranks (= path length from a first-rank node to its error node)."""
+    max_ranks: int = 4
+    """Maximum number of letter ranks."""
+    min_per_rank: int = 2
+    """Minimum letter nodes per rank."""
+    max_per_rank: int = 4
+    """Maximum letter nodes per rank."""
+    num_errors: int = 2
+    """Error nodes, the digits 0..num_errors-1 (1..10)."""
+    min_outdeg: int = 1
+    """Minimum out-degree of a letter node (capped by the eligible nodes of the next rank)."""
+    max_outdeg: int = 2
+    """Maximum out-degree of a letter node."""
+    dataset_path: str = "data/dag"
+    """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
+
+    def data_hash_params(self) -> list[str]:
+        return [
+            "num_nodes",
+            "min_ranks",
+            "max_ranks",
+            "min_per_rank",
+            "max_per_rank",
+            "num_errors",
+            "min_outdeg",
+            "max_outdeg",
+        ]
+
+    def validate_data_params(self) -> None:
+        if not 1 <= self.num_nodes <= 26:
+            raise ValueError(f"num_nodes must be in 1..26 (nodes are letters), got {self.num_nodes}")
+        if not 1 <= self.num_errors <= 10:
+            raise ValueError(f"num_errors must be in 1..10 (error nodes are digits), got {self.num_errors}")
+        for lo, hi in (("min_ranks", "max_ranks"), ("min_per_rank", "max_per_rank"), ("min_outdeg", "max_outdeg")):
+            if not 1 <= getattr(self, lo) <= getattr(self, hi):
+                raise ValueError(f"need 1 <= {lo} <= {hi}, got {lo}={getattr(self, lo)}, {hi}={getattr(self, hi)}")
+        for ranks in range(self.min_ranks, self.max_ranks + 1):
+            if not ranks * self.min_per_rank <= self.num_nodes <= ranks * self.max_per_rank:
+                raise ValueError(
+                    f"num_nodes={self.num_nodes} cannot be split into {ranks} ranks of "
+                    f"{self.min_per_rank}..{self.max_per_rank} nodes (every rank count in "
+                    f"{self.min_ranks}..{self.max_ranks} must be possible)"
+                )
+
+
+class DagPrompter(Prompter[DagPromptConfig]):
+    """Generates layered-DAG reachability prompts (per example; prompts vary in length and are padded)."""
+
+    VOCAB = VOCAB
+    MASK_CHAR = "."
+    PAD_CHAR = "_"
+    GENERATOR_VERSION = 1
+    CHUNK_SIZE = 2048
+
+    @property
+    def max_edges(self) -> int:
+        """Upper bound on the edges of a graph.
+
+        The last letter rank (>= min_per_rank nodes) has one edge per node, every other node at most
+        min(max_outdeg, max_per_rank).
+        """
+        cfg = self.config
+        per_node = min(cfg.max_outdeg, cfg.max_per_rank)
+        return (cfg.num_nodes - cfg.min_per_rank) * per_node + cfg.min_per_rank
+
+    @property
+    def max_seq_len(self) -> int:
+        return 4 * self.max_edges + 2
+
+    def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
+        """One graph, query, answer (error digit at ``?``) and per-character path length."""
+        cfg = self.config
+        num_ranks = int(rng.integers(cfg.min_ranks, cfg.max_ranks + 1))
+        sizes = [cfg.min_per_rank] * num_ranks
+        for _ in range(cfg.num_nodes - num_ranks * cfg.min_per_rank):
+            open_ranks = [i for i, s in enumerate(sizes) if s < cfg.max_per_rank]
+            sizes[open_ranks[int(rng.integers(len(open_ranks)))]] += 1
+        names = [LETTERS[i] for i in rng.permutation(26)[: cfg.num_nodes]]
+        bounds = np.cumsum([0] + sizes)
+        ranks = [names[bounds[i] : bounds[i + 1]] for i in range(num_ranks)]
+
+        # Backwards from the error rank: each node's error digit, and its edges.
+        last = ranks[-1]
+        digits = np.resize(rng.permutation(cfg.num_errors), len(last))  # as even a spread as possible
+        rng.shuffle(digits)
+        error = {u: int(d) for u, d in zip(last, digits)}
+        edges = [(u, str(error[u])) for u in last]
+        for i in range(num_ranks - 2, -1, -1):
+            nxt = ranks[i + 1]
+            for u in ranks[i]:
+                primary = nxt[int(rng.integers(len(nxt)))]
+                error[u] = error[primary]
+                others = [v for v in nxt if v != primary and error[v] == error[u]]
+                degree = min(int(rng.integers(cfg.min_outdeg, cfg.max_outdeg + 1)), len(others) + 1)
+                chosen = [others[j] for j in rng.permutation(len(others))[: degree - 1]]
+                edges += [(u, v) for v in [primary, *chosen]]
+
+        order = rng.permutation(len(edges))
+        start = ranks[0][int(rng.integers(len(ranks[0])))]
+        prompt = "".join(f"{edges[j][0]}>{edges[j][1]};" for j in order) + f"{start}?"
+        answer = "." * (len(prompt) - 1) + str(error[start])
+        return prompt, answer, {"depth": [num_ranks] * len(prompt)}
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class DagConfig(DagPromptConfig, PromptTaskConfig):
+    """DAG reachability: data, model, optimiser and trainer fields (see ``--help``)."""
+
+    tensorboard_logdir: str = "logs/dag"
+    """Directory holding this task's run directories (run_<N>_<name>/)."""
+
+
+class DagTrainer(PromptTaskTrainer[DagConfig]):
+    """Trains a RoPE transformer to name the error node a start node reaches; accuracy per path length."""
+
+    def get_prompter(self) -> DagPrompter:
+        return DagPrompter(self.config, seed=self.config.data_seed)
+
+
+def quick() -> DagConfig:
+    """Sized for a 2-core CPU; stops on its own."""
+    return DagConfig(
+        train_size=200_000,
+        test_size=2_000,
+        num_layers=4,
+        dim_model=64,
+        num_heads=4,
+        lr=1e-3,
+        warmup_steps=200,
+        batch_size=64,
+        num_epochs=-1,
+        max_minutes=9.0,
+        eval_every_n_samples=64 * 500,
+        save_every_n_seconds=120,
+    )
+
+
+def paper() -> DagConfig:
+    """A larger graph for a GPU."""
+    return DagConfig(
+        num_nodes=12,
+        min_ranks=2,
+        max_ranks=6,
+        min_per_rank=2,
+        max_per_rank=6,
+        num_errors=4,
+        train_size=1_000_000,
+        test_size=10_000,
+        num_layers=8,
+        dim_model=128,
+        num_heads=4,
+        lr=1e-4,
+        warmup_steps=4000,
+        warmup_start_factor=1e-3,
+        batch_size=128,
+        num_epochs=-1,
+        eval_every_n_samples=1_000_000,
+        save_every_n_seconds=100,
+    )
+
+
+PRESETS = {"quick": quick, "paper": paper}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line (``--preset``, ``--field=value``, ``--help``) and train."""
+    config = parse_config(DagConfig, argv, presets=PRESETS, default_preset="quick")
+    DagTrainer(config).run()
+
+
+if __name__ == "__main__":
+    main()

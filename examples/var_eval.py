@@ -1,0 +1,209 @@
+"""Variable evaluation: chains of additions mod 10, each binding a fresh variable.
+
+Prompt ``1+3>a;2+4>b;a+3>c;`` (num_chains 2, num_statements 3). Each chain starts at a random digit
+(chains may share a starting digit). Every statement ``x+d>y;`` picks a chain uniformly, adds a random
+digit ``d`` (mod 10) to the chain's current variable ``x`` (at first the starting digit itself) and
+binds the result to a fresh letter ``y`` that is not the current variable of any chain. A prompt has
+exactly ``6 * num_statements`` characters.
+
+The answer is aligned with the prompt: the result at the new variable's position, ``.`` (masked)
+elsewhere: ``....4.....6.....7.`` above. Metadata ``depth``: the chain's number of statements before
+this one, for all 6 characters; a statement at depth k needs k + 1 additions to evaluate.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iluvattnshun.config import parse_config
+from iluvattnshun.prompter import PromptConfig, Prompter
+from iluvattnshun.task import PromptTaskConfig, PromptTaskTrainer
+
+# --- data ---------------------------------------------------------------------------------------------
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+VOCAB = "0123456789" + LETTERS + ">;.+"
+"""Token ids: digits 0-9 -> 0..9, a-z -> 10..35, '>' 36, ';' 37, '.' 38 (mask), '+' 39."""
+GT, SEMI, MASK, PLUS = (VOCAB.index(c) for c in ">;.+")
+FIRST_LETTER = VOCAB.index("a")
+
+
+@dataclass(kw_only=True)
+class VarEvalPromptConfig(PromptConfig):
+    """Data parameters of the variable evaluation task."""
+
+    num_chains: int = 2
+    """Number of independent chains (1..25: a fresh letter must exist next to every live one)."""
+    num_statements: int = 8
+    """Statements per prompt; a prompt has 6 * num_statements characters."""
+    dataset_path: str = "data/var_eval"
+    """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
+
+    def data_hash_params(self) -> list[str]:
+        return ["num_chains", "num_statements"]
+
+    def validate_data_params(self) -> None:
+        if not 1 <= self.num_chains <= 25:
+            raise ValueError(
+                f"num_chains must be in 1..25 (up to num_chains letters are live and a fresh one must remain), "
+                f"got {self.num_chains}"
+            )
+        if self.num_statements < 1:
+            raise ValueError(f"num_statements must be >= 1, got {self.num_statements}")
+
+
+class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
+    """Generates variable evaluation prompts, one at a time or vectorised over a whole batch."""
+
+    VOCAB = VOCAB
+    MASK_CHAR = "."
+    GENERATOR_VERSION = 1
+    CHUNK_SIZE = 32768
+
+    @property
+    def max_seq_len(self) -> int:
+        return 6 * self.config.num_statements
+
+    def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
+        """One prompt, its answer and per-character depths (the straightforward reference version)."""
+        num_chains = self.config.num_chains
+        value = [int(v) for v in rng.integers(0, 10, size=num_chains)]
+        current = [str(v) for v in value]  # current variable of each chain: first the digit itself
+        depth = [0] * num_chains
+        live: set[str] = set()
+        prompt, answer, depths = [], [], []
+        for _ in range(self.config.num_statements):
+            c = int(rng.integers(num_chains))
+            addend = int(rng.integers(10))
+            free = [x for x in LETTERS if x not in live]
+            new = free[int(rng.integers(len(free)))]
+            old = current[c]
+            value[c] = (value[c] + addend) % 10
+            prompt.append(f"{old}+{addend}>{new};")
+            answer.append(f"....{value[c]}.")
+            depths += [depth[c]] * 6
+            live.discard(old)
+            live.add(new)
+            current[c] = new
+            depth[c] += 1
+        return "".join(prompt), "".join(answer), {"depth": depths}
+
+    def get_prompts(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """``n`` prompts at once: a loop over statements, each step vectorised over all examples.
+
+        Same distribution as ``get_prompt`` (uniform chain and addend; fresh letter uniform over the
+        non-live letters by rejection sampling).
+        """
+        num_chains, num_statements = self.config.num_chains, self.config.num_statements
+        rows = np.arange(n)
+        value = rng.integers(0, 10, size=n * num_chains, dtype=np.uint8)  # (n*C,) current value of each chain
+        current = value.copy()  # (n*C,) token of each chain's current variable (digit tokens = digits)
+        chain_depth = np.zeros(n * num_chains, dtype=np.int64)
+        live = np.zeros(n * len(VOCAB), dtype=bool)
+        chain_base = rows * num_chains
+        live_base = rows * len(VOCAB)
+        stmt = np.empty((n, num_statements, 6), dtype=np.uint8)  # (n, R, 6) "x+d>y;"
+        stmt[:, :, 1] = PLUS
+        stmt[:, :, 3] = GT
+        stmt[:, :, 5] = SEMI
+        answer = np.full((n, num_statements, 6), MASK, dtype=np.uint8)
+        depth = np.empty((n, num_statements), dtype=np.int64)
+        for r in range(num_statements):
+            idx = chain_base + rng.integers(0, num_chains, size=n)  # (n,) chosen chain
+            addend = rng.integers(0, 10, size=n, dtype=np.uint8)
+            old = current[idx]
+            new = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=n, dtype=np.uint8)
+            retry = np.flatnonzero(live[live_base + new])
+            while retry.size:
+                redraw = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=retry.size, dtype=np.uint8)
+                new[retry] = redraw
+                retry = retry[live[live_base[retry] + redraw]]
+            result = (value[idx] + addend) % 10
+            value[idx] = result
+            live[live_base + old] = False  # old may be the starting digit: never live, harmless
+            live[live_base + new] = True
+            current[idx] = new
+            depth[:, r] = chain_depth[idx]
+            chain_depth[idx] += 1
+            stmt[:, r, 0] = old
+            stmt[:, r, 2] = addend
+            stmt[:, r, 4] = new
+            answer[:, r, 4] = result
+        length = 6 * num_statements
+        return {
+            "prompt": stmt.reshape(n, length),
+            "answer": answer.reshape(n, length),
+            "depth": np.repeat(depth, 6, axis=1),
+        }
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class VarEvalConfig(VarEvalPromptConfig, PromptTaskConfig):
+    """Variable evaluation: data, model, optimiser and trainer fields (see ``--help``)."""
+
+    tensorboard_logdir: str = "logs/var_eval"
+    """Directory holding this task's run directories (run_<N>_<name>/)."""
+
+
+class VarEvalTrainer(PromptTaskTrainer[VarEvalConfig]):
+    """Trains a RoPE transformer to evaluate each new variable (mod-10 sums along its chain)."""
+
+    def get_prompter(self) -> VarEvalPrompter:
+        return VarEvalPrompter(self.config, seed=self.config.data_seed)
+
+
+def quick() -> VarEvalConfig:
+    """Sized for a 2-core CPU; stops on its own."""
+    return VarEvalConfig(
+        num_chains=2,
+        num_statements=8,
+        train_size=200_000,
+        test_size=2_000,
+        num_layers=4,
+        dim_model=64,
+        num_heads=4,
+        lr=1e-3,
+        warmup_steps=200,
+        batch_size=64,
+        num_epochs=-1,
+        max_minutes=9.0,
+        eval_every_n_samples=64 * 500,
+        save_every_n_seconds=120,
+    )
+
+
+def paper() -> VarEvalConfig:
+    """The original research recipe (meant for a GPU)."""
+    return VarEvalConfig(
+        num_chains=2,
+        num_statements=40,
+        train_size=10_000_000,
+        test_size=10_000,
+        num_layers=8,
+        dim_model=128,
+        num_heads=4,
+        rope_base=1000.0,
+        lr=1e-4,
+        warmup_steps=4000,
+        warmup_start_factor=1e-3,
+        batch_size=256,
+        num_epochs=-1,
+        eval_every_n_samples=1_000_000,
+        save_every_n_seconds=100,
+    )
+
+
+PRESETS = {"quick": quick, "paper": paper}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line (``--preset``, ``--field=value``, ``--help``) and train."""
+    config = parse_config(VarEvalConfig, argv, presets=PRESETS, default_preset="quick")
+    VarEvalTrainer(config).run()
+
+
+if __name__ == "__main__":
+    main()

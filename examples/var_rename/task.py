@@ -1,0 +1,209 @@
+"""Variable renaming: follow chains of renames back to the digit each chain started from.
+
+Prompt ``1>a;2>b;a>c;b>d;d>e;`` (num_chains 2, num_renames 5). Each chain starts at a distinct
+digit (0..num_chains-1, in random order). Every statement ``old>new;`` picks a chain uniformly and
+renames its current variable ``old`` (at first the digit itself) to a fresh letter ``new`` that is
+not the current variable of any chain. So the very first statement of a chain, e.g. ``1>a;``, is
+a rename too: a prompt has exactly ``4 * num_renames`` characters.
+
+The answer is aligned with the prompt: at both variable positions of a statement, the chain's
+digit; ``.`` (masked) at ``>`` and ``;``. For the prompt above: ``1.1.2.2.1.1.2.2.2.2.``.
+Metadata ``depth``: the chain's number of renames before this statement, for all 4 characters
+(above: ``0000 0000 1111 1111 2222``).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iluvattnshun.config import parse_config
+from iluvattnshun.prompter import PromptConfig, Prompter
+from iluvattnshun.task import PromptTaskConfig, PromptTaskTrainer
+
+# --- data ---------------------------------------------------------------------------------------------
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+VOCAB = "0123456789" + LETTERS + ">;."
+"""Token ids: digits 0-9 -> 0..9, a-z -> 10..35, '>' 36, ';' 37, '.' 38 (mask)."""
+GT, SEMI, MASK = VOCAB.index(">"), VOCAB.index(";"), VOCAB.index(".")
+FIRST_LETTER = VOCAB.index("a")
+
+
+@dataclass(kw_only=True)
+class VarRenamePromptConfig(PromptConfig):
+    """Data parameters of the variable renaming task."""
+
+    num_chains: int = 2
+    """Number of independent renaming chains (1..10: each starts at a distinct digit)."""
+    num_renames: int = 8
+    """Rename statements per prompt; a prompt has 4 * num_renames characters."""
+    dataset_path: str = "data/var_rename"
+    """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
+
+    def data_hash_params(self) -> list[str]:
+        return ["num_chains", "num_renames"]
+
+    def validate_data_params(self) -> None:
+        # At most 10 chains also bounds the live letters by 10 < 26, so a fresh letter always exists.
+        if not 1 <= self.num_chains <= 10:
+            raise ValueError(
+                f"num_chains must be in 1..10 (each chain starts at a distinct digit), got {self.num_chains}"
+            )
+        if self.num_renames < 1:
+            raise ValueError(f"num_renames must be >= 1, got {self.num_renames}")
+
+
+class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
+    """Generates variable renaming prompts, one at a time or vectorised over a whole batch."""
+
+    VOCAB = VOCAB
+    MASK_CHAR = "."
+    GENERATOR_VERSION = 1
+    CHUNK_SIZE = 32768
+
+    @property
+    def max_seq_len(self) -> int:
+        return 4 * self.config.num_renames
+
+    def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
+        """One prompt, its answer and per-character depths (the straightforward reference version)."""
+        num_chains = self.config.num_chains
+        values = [str(v) for v in rng.permutation(num_chains)]  # chain c holds the digit values[c]
+        current = list(values)  # current variable of each chain
+        depth = [0] * num_chains
+        live: set[str] = set()  # letters that are some chain's current variable
+        prompt, answer, depths = [], [], []
+        for _ in range(self.config.num_renames):
+            c = int(rng.integers(num_chains))
+            free = [x for x in LETTERS if x not in live]
+            new = free[int(rng.integers(len(free)))]
+            old = current[c]
+            prompt.append(f"{old}>{new};")
+            answer.append(f"{values[c]}.{values[c]}.")
+            depths += [depth[c]] * 4
+            live.discard(old)
+            live.add(new)
+            current[c] = new
+            depth[c] += 1
+        return "".join(prompt), "".join(answer), {"depth": depths}
+
+    def get_prompts(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """``n`` prompts at once: a loop over statements, each step vectorised over all examples.
+
+        Same distribution as ``get_prompt``: the chain is uniform, and the fresh letter is uniform over
+        the letters not live in the example (rejection sampling: redraw only the rows that hit a live
+        letter, at most num_chains/26 of them). Each statement is built as one little-endian uint32
+        word (4 characters), so the (n, R) outputs are written once and viewed as (n, 4R) bytes.
+        """
+        num_chains, num_renames = self.config.num_chains, self.config.num_renames
+        rows = np.arange(n)
+        values = np.argsort(rng.random((n, num_chains)), axis=1).astype(np.uint32)  # (n, C) random permutations
+        # Flat (n*C,) / (n*V,) state with per-row base offsets: 1-D fancy indexing beats 2-D.
+        current = values.reshape(-1).copy()  # token of each chain's current variable
+        answer_word = values.reshape(-1) * np.uint32(0x10001) + np.uint32(MASK << 8 | MASK << 24)  # "v.v."
+        chain_depth = np.zeros(n * num_chains, dtype=np.uint32)  # renames so far
+        live = np.zeros(n * len(VOCAB), dtype=bool)  # is token v the current letter of some chain
+        chain_base = rows * num_chains
+        live_base = rows * len(VOCAB)
+        stmt_const = np.uint32(GT << 8 | SEMI << 24)  # "?>?;"
+        # Explicitly little-endian words, so viewing them as bytes gives characters in order on any host.
+        stmt = np.empty((n, num_renames), dtype="<u4")  # (n, R) 4 characters each
+        answer = np.empty((n, num_renames), dtype="<u4")  # (n, R)
+        small = num_renames <= 256  # depths fit a byte: repeat them 4x by one multiply
+        depth = np.empty((n, num_renames), dtype="<u4" if small else np.uint32)  # (n, R)
+        for r in range(num_renames):
+            idx = chain_base + rng.integers(0, num_chains, size=n, dtype=np.uint8)  # (n,) chosen chain
+            old = current[idx]
+            new = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=n, dtype=np.uint32)
+            retry = np.flatnonzero(live[live_base + new])
+            while retry.size:
+                redraw = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=retry.size, dtype=np.uint32)
+                new[retry] = redraw
+                retry = retry[live[live_base[retry] + redraw]]
+            live[live_base + old] = False  # old may be the starting digit: never live, harmless
+            live[live_base + new] = True
+            current[idx] = new
+            stmt[:, r] = (new << 16) | old | stmt_const
+            answer[:, r] = answer_word[idx]
+            d = chain_depth[idx]
+            depth[:, r] = d * np.uint32(0x01010101) if small else d
+            chain_depth[idx] = d + 1
+        length = 4 * num_renames
+        return {
+            "prompt": stmt.view(np.uint8).reshape(n, length),
+            "answer": answer.view(np.uint8).reshape(n, length),
+            "depth": depth.view(np.uint8).reshape(n, length) if small else np.repeat(depth, 4, axis=1),
+        }
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class VarRenameConfig(VarRenamePromptConfig, PromptTaskConfig):
+    """Variable renaming: data, model, optimiser and trainer fields (see ``--help``)."""
+
+    tensorboard_logdir: str = "logs/var_rename"
+    """Directory holding this task's run directories (run_<N>_<name>/)."""
+
+
+class VarRenameTrainer(PromptTaskTrainer[VarRenameConfig]):
+    """Trains a RoPE transformer to answer every variable with its chain's starting digit."""
+
+    def get_prompter(self) -> VarRenamePrompter:
+        return VarRenamePrompter(self.config, seed=self.config.data_seed)
+
+
+def quick() -> VarRenameConfig:
+    """Sized for a 2-core CPU: learns depths 0-2 within minutes and stops on its own."""
+    return VarRenameConfig(
+        num_chains=2,
+        num_renames=8,
+        train_size=200_000,
+        test_size=2_000,
+        num_layers=4,
+        dim_model=64,
+        num_heads=4,
+        lr=1e-3,
+        weight_decay=0.01,
+        warmup_steps=200,
+        batch_size=64,
+        num_epochs=-1,
+        max_minutes=9.0,
+        eval_every_n_samples=64 * 500,
+        save_every_n_seconds=120,
+    )
+
+
+def paper() -> VarRenameConfig:
+    """The original research recipe (meant for a GPU)."""
+    return VarRenameConfig(
+        num_chains=4,
+        num_renames=150,
+        train_size=1_000_000,
+        test_size=10_000,
+        num_layers=8,
+        dim_model=128,
+        num_heads=4,
+        rope_base=2000.0,
+        dropout_attn=0.0,
+        dropout_mlp=0.1,
+        dropout_emb=0.1,
+        lr=1e-4,
+        weight_decay=1e-2,
+        warmup_steps=4000,
+        warmup_start_factor=1e-3,
+        batch_size=128,
+        num_epochs=-1,
+        eval_every_n_samples=1_000_000,
+        save_every_n_seconds=100,
+    )
+
+
+PRESETS = {"quick": quick, "paper": paper}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line (``--preset``, ``--field=value``, ``--help``) and train."""
+    config = parse_config(VarRenameConfig, argv, presets=PRESETS, default_preset="quick")
+    VarRenameTrainer(config).run()
