@@ -237,8 +237,9 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         if self.config.streaming:
             return
         stats = leakage_stats(self.dataset)
-        lines = [f"{k}: {v:,}" for k, v in stats.items()]
-        self.logger.log_text("dataset", "\n".join(lines), save_to_file=False)
+        text = "\n".join(f"{k}: {v:,}" for k, v in stats.items())
+        self.logger.log_text("dataset", text, save_to_file=False)
+        self.logger.log_metrics(dict(stats), "data", 0, force=True)
 
     # --- loss and metrics -----------------------------------------------------------------------------
 

@@ -1,0 +1,162 @@
+"""End to end: each example trains a few steps, evaluates, checkpoints and reloads; the notebook runs headless."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+import torch
+import yaml
+from nbclient import NotebookClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from iluvattnshun import load_run
+from iluvattnshun.nn import MultilayerTransformer
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE_ENV = "ILUVATTNSHUN_SHAKESPEARE"
+
+
+def tiny_args(tmp_path: Path, run_name: str = "t") -> list[str]:
+    return [
+        "--max_minutes=none",
+        "--max_steps=12",
+        "--batch_size=16",
+        "--num_layers=2",
+        "--dim_model=32",
+        "--num_heads=2",
+        "--train_size=512",
+        "--test_size=64",
+        f"--dataset_path={tmp_path / 'data'}",
+        f"--tensorboard_logdir={tmp_path / 'logs'}",
+        f"--run_name={run_name}",
+        "--eval_every_n_samples=96",
+        "--log_every_n_seconds=0",
+        "--device=cpu",
+    ]
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("task", ["var_rename", "var_eval", "dag"])
+def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Path, task: str) -> None:
+    proc = run_module(f"examples.{task}", tiny_args(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "logs" / "run_1_t"
+    assert (run_dir / "run_1_t.yaml").is_file() and (run_dir / "run_1_t.py").is_file()
+    assert "✓" in proc.stdout or "✗" in proc.stdout  # the sample decoding with its marker line
+    assert "duplicates" in proc.stdout or "test_in_train" in proc.stdout  # dataset statistics were logged
+
+    tags = scalars(run_dir)
+    assert "val/accuracy" in tags and "val/loss" in tags and "train/loss" in tags
+    assert any(t.startswith("val/acc_per_depth/") for t in tags)
+    assert all(0.0 <= a <= 1.0 for a in tags["val/accuracy"])
+
+    config, model, prompter, trainer, state, path = load_run(run_dir)
+    assert path.name == "ckpt_00000012.pt" and state["step"] == 12
+    assert type(config).__name__.lower().startswith(task.replace("_", ""))
+    assert config.num_layers == 2 and isinstance(model, MultilayerTransformer) and not model.training
+    assert prompter is not None
+    prompt, answer, _ = prompter.get_prompt(__import__("numpy").random.default_rng(0))
+    logits = model(torch.tensor([prompter.tokenize(prompt)])).logits
+    assert logits.shape == (1, len(prompt), prompter.vocab_size)
+    # Reloaded weights are the trained ones, not a fresh initialisation.
+    fresh = trainer.get_model()
+    assert not torch.equal(fresh.state_dict()["unembed.weight"], model.state_dict()["unembed.weight"])
+
+
+def test_cli_help_presets_and_errors(tmp_path: Path) -> None:
+    proc = run_module("examples.var_rename", ["--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    for field in ("num_renames", "num_layers", "lr", "max_minutes", "resume"):
+        assert f"--{field}" in proc.stdout
+    assert "quick" in proc.stdout and "paper" in proc.stdout
+    paper = run_module("examples.var_rename", ["--preset=paper", "--print_config"], cwd=tmp_path)
+    cfg = yaml.safe_load(paper.stdout)
+    assert cfg["num_layers"] == 8 and cfg["num_renames"] == 150 and cfg["train_size"] == 1_000_000
+    bad = run_module("examples.var_rename", ["--num_chains=11"], cwd=tmp_path)
+    assert bad.returncode == 2 and "num_chains" in bad.stderr
+    typo = run_module("examples.dag", ["--num_node=3"], cwd=tmp_path)
+    assert typo.returncode == 2 and "num_nodes" in typo.stderr
+
+
+def shakespeare_text() -> str:
+    path = os.environ.get(SHAKESPEARE_ENV)
+    if not path or not Path(path).is_file():
+        pytest.skip(f"set {SHAKESPEARE_ENV} to a Tiny Shakespeare input.txt (.ci/run does)")
+    return path
+
+
+def test_shakespeare_trains_and_samples(tmp_path: Path) -> None:
+    text = shakespeare_text()
+    args = [
+        f"--data_path={text}",
+        "--max_steps=30",
+        "--num_layers=2",
+        "--dim_model=32",
+        "--num_heads=2",
+        "--context_len=32",
+        "--sample_tokens=40",
+        f"--tensorboard_logdir={tmp_path / 'logs'}",
+        "--run_name=s",
+        "--eval_every_n_samples=none",
+        "--log_every_n_seconds=0",
+        "--device=cpu",
+    ]
+    proc = run_module("examples.shakespeare", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tags = scalars(tmp_path / "logs" / "run_1_s")
+    assert tags["val/loss"][-1] < tags["val/loss"][0]  # loss falls between the first and the final evaluation
+    ratio = [b / a for a, b in zip(tags["val/loss"], tags["val/bits_per_char"])]
+    assert all(abs(r - 1 / 0.6931471805599453) < 1e-4 for r in ratio)
+    assert "ROMEO:" in proc.stdout  # the sample continues the fixed prompt
+
+
+def test_shakespeare_validation_covers_split_exactly_once() -> None:
+    from examples.shakespeare import IGNORE, ValWindows
+
+    data = torch.arange(1000) % 50
+    windows = ValWindows(data, context_len=64, batch_size=5, rank=0, world_size=1)
+    targets = torch.cat([b["target"].flatten() for b in windows])
+    inputs = torch.cat([b["input"].flatten() for b in windows])
+    real = targets != IGNORE
+    assert int(real.sum()) == len(data) - 1
+    assert torch.equal(targets[real], data[1:]) and torch.equal(inputs[real], data[:-1])
+
+
+def test_shakespeare_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_module("examples.shakespeare", [f"--data_path={tmp_path / 'nope.txt'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_investigate_notebook_runs_headless(tmp_path: Path) -> None:
+    proc = run_module("examples.var_rename", tiny_args(tmp_path, "nb"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = nbformat.read(REPO / "examples" / "var_rename" / "investigate.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "saved with outputs"
+    os.environ["RUN_DIR"] = str(tmp_path / "logs" / "run_1_nb")
+    os.environ["PYTHONPATH"] = str(REPO)
+    try:
+        client: Any = NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": tmp_path}})
+        client.execute()
+    finally:
+        del os.environ["RUN_DIR"]
+    outputs = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "text" in o
+    )
+    assert "prompt:" in outputs and "answer:" in outputs
+    assert "rows: layer whose output is patched" in outputs
