@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from iluvattnshun import distributed as tdist
-from iluvattnshun.data import ArrayLoader, StreamingDataset
+from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.prompter import Prompter, PromptConfig, dataset_arrays, leakage_stats
 from iluvattnshun.trainer import Trainer, TrainerConfig
@@ -209,9 +209,7 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
             stream = StreamingDataset(
                 self.prompter, batch_size=c.batch_size, seed=c.seed, rank=self.rank, world_size=self.world_size
             )
-            return torch.utils.data.DataLoader(
-                stream, batch_size=None, num_workers=c.num_workers, pin_memory=self.device.type == "cuda"
-            )
+            return StreamingLoader(stream, num_workers=c.num_workers, pin_memory=self.device.type == "cuda")
         return ArrayLoader(
             dataset_arrays(self.dataset["train"]),
             batch_size=c.batch_size,
