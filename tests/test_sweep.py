@@ -320,3 +320,32 @@ def test_summary_lists_every_state_and_skips_older_runs(tmp_path: Path, capsys: 
     err = error_of(["summarize", str(logdir), "--prefix", "s", "--sort", "bleu"], capsys)
     assert "--sort 'bleu'" in err and "val/accuracy" in err
     assert "no runs named" in error_of(["summarize", str(logdir), "--prefix", "nope"], capsys)
+
+
+@requires_tmux
+def test_real_var_rename_grid_through_tmux(tmp_path: Path, session: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real example, two tiny runs in tmux on two (pretend) GPUs, then the summary of their real events."""
+    logdir = tmp_path / "logs"
+    cmd = (
+        f"env PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 {shlex.quote(sys.executable)} -m examples.var_rename"
+        f" --tensorboard_logdir={shlex.quote(str(logdir))} --dataset_path={shlex.quote(str(tmp_path / 'data'))}"
+        " --max_minutes=none --max_steps=6 --batch_size=8 --dim_model=16 --train_size=256 --test_size=32"
+        " --eval_every_n_samples=none --device=cpu"
+    )
+    argv = ["--cmd", cmd, "--grid", "num_layers=1,2", "--gpus", "0,1", "--session", session, "--prefix", "real"]
+    assert sweep.main(argv) == 0
+    assert sweep.wait_for_runs(sweep.record_dir(logdir, "real"), timeout=240) == {0: 0, 1: 0}
+    dirs = run_dirs(logdir, "real")
+    assert sorted(dirs) == ["real_0", "real_1"]
+    for i in range(2):
+        config = yaml.safe_load((dirs[f"real_{i}"] / f"{dirs[f'real_{i}'].name}.yaml").read_text())
+        assert config["num_layers"] == i + 1 and config["max_steps"] == 6
+        assert any(dirs[f"real_{i}"].glob("ckpt_*.pt"))
+    capsys.readouterr()
+    assert sweep.main(["summarize", str(logdir), "--prefix", "real", "--csv", str(tmp_path / "r.csv")]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert sorted((r["run"], r["num_layers"], r["state"]) for r in rows) == [
+        ("real_0", "1", "finished"),
+        ("real_1", "2", "finished"),
+    ]
+    assert all(r["final val/accuracy"] != "" for r in rows)
