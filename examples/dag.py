@@ -163,17 +163,23 @@ class DagTrainer(PromptTaskTrainer[DagConfig]):
 def quick() -> DagConfig:
     """Sized for a 2-core CPU; stops on its own."""
     return DagConfig(
+        num_nodes=6,
+        min_ranks=1,
+        max_ranks=3,
+        min_per_rank=2,
+        max_per_rank=6,
+        num_errors=2,
         train_size=200_000,
         test_size=2_000,
         num_layers=4,
         dim_model=64,
         num_heads=4,
-        lr=1e-3,
+        lr=2e-3,
         warmup_steps=200,
-        batch_size=64,
+        batch_size=256,
         num_epochs=-1,
         max_minutes=9.0,
-        eval_every_n_samples=64 * 500,
+        eval_every_n_samples=256 * 250,
         save_every_n_seconds=120,
     )
 

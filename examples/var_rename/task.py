@@ -162,7 +162,7 @@ def quick() -> VarRenameConfig:
         train_size=200_000,
         test_size=2_000,
         num_layers=4,
-        dim_model=64,
+        dim_model=128,
         num_heads=4,
         lr=1e-3,
         weight_decay=0.01,
