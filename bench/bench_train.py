@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import datetime
 import io
-import math
+import itertools
 import os
 import shutil
 import statistics
@@ -59,7 +59,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION_START = "<!-- bench_train:start -->"
 SECTION_END = "<!-- bench_train:end -->"
 SHAKESPEARE_ENV = "ILUVATTNSHUN_SHAKESPEARE"
-SHAKESPEARE_DEFAULT = "/work/shared/data/tinyshakespeare/input.txt"
+SHAKESPEARE_DEFAULTS = (
+    "/work/shared/data/tinyshakespeare/input.txt",
+    "shared/data/tinyshakespeare/input.txt",
+    "data/shakespeare/input.txt",
+)
+"""Where the Tiny Shakespeare text is looked for when neither --shakespeare_path nor the env variable names it."""
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -108,9 +113,9 @@ class TimedLoader:
             self.waits.append(time.perf_counter() - start)
             yield batch
 
-    def window(self, first: int, last: int) -> tuple[float, float]:
-        """(seconds from request ``first`` to request ``last``, seconds waited for batches first .. last - 1)."""
-        return self.stamps[last] - self.stamps[first], sum(self.waits[first:last])
+    def window(self, first: int, last: int) -> "Window":
+        """Steps ``first`` .. ``last - 1``: from the request for batch ``first`` to the request for batch ``last``."""
+        return Window.from_stamps(self.stamps[first : last + 1], sum(self.waits[first:last]))
 
 
 class SizedTimedLoader(TimedLoader):
@@ -130,7 +135,11 @@ def timed_loader(loader: Iterable[Any], sync: Callable[[], None], sync_at: Itera
 
 
 def with_timed_loader(base: type[Trainer[Any]], sync_at: Iterable[int]) -> type[Trainer[Any]]:
-    """A subclass of ``base`` whose training loader is wrapped in a ``TimedLoader`` (as ``self.timed``)."""
+    """A subclass of ``base`` whose training loader is wrapped in a ``TimedLoader`` (as ``self.timed``).
+
+    Its validation loader keeps only the first batch: evaluations happen outside the timed window, and a
+    full validation pass at the start and end of every run would only make the benchmark slower.
+    """
     marks = list(sync_at)
 
     class Timed(base):  # type: ignore[valid-type,misc]
@@ -140,6 +149,9 @@ def with_timed_loader(base: type[Trainer[Any]], sync_at: Iterable[int]) -> type[
             device = self.device
             self.timed = timed_loader(super().get_train_dataloader(), lambda: sync(device), marks)
             return self.timed
+
+        def get_val_dataloader(self) -> Iterable[Any]:
+            return list(itertools.islice(super().get_val_dataloader(), 1))
 
     Timed.__name__ = Timed.__qualname__ = f"Timed{base.__name__}"
     return Timed
@@ -171,6 +183,8 @@ class Case:
     seq_len: int
     warmup: int
     steps: int
+    mode: str = ""
+    """Data mode shown in the data-wait table (empty: the name)."""
 
 
 def bench_config(config: TrainerConfig, workdir: Path, device: str, compile_model: bool, **fields: Any) -> Any:
@@ -193,6 +207,13 @@ def bench_config(config: TrainerConfig, workdir: Path, device: str, compile_mode
     )
 
 
+def shakespeare_text(path: str) -> str:
+    """The Tiny Shakespeare path to use: the argument, else $ILUVATTNSHUN_SHAKESPEARE, else the first default found."""
+    if path or os.environ.get(SHAKESPEARE_ENV):
+        return path or os.environ[SHAKESPEARE_ENV]
+    return next((p for p in SHAKESPEARE_DEFAULTS if Path(p).is_file()), SHAKESPEARE_DEFAULTS[0])
+
+
 def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], list[Case], str]:
     """(throughput cases, data-wait cases, note on what was skipped)."""
     cuda = args.device.startswith("cuda")
@@ -209,7 +230,8 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
             args.compile,
             batch_size=args.paper_batch or (128 if cuda else (2 if q else 16)),
             train_size=2_000,
-            test_size=64,
+            test_size=16,
+            val_batch_size=16,
         ),
         var_rename_loss,
         600,
@@ -217,13 +239,13 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
         steps=2 if q else (30 if cuda else 5),
     )
     cases = [paper]
-    text = args.shakespeare_path or os.environ.get(SHAKESPEARE_ENV) or SHAKESPEARE_DEFAULT
+    text = shakespeare_text(args.shakespeare_path)
     if Path(text).is_file():
         cases.append(
             Case(
                 "shakespeare quick",
                 ShakespeareTrainer,
-                cfg(shakespeare_quick(), workdir, args.device, args.compile, data_path=text),
+                cfg(shakespeare_quick(), workdir, args.device, args.compile, data_path=text, sample_tokens=20),
                 shakespeare_loss,
                 64,
                 warmup=3 if q else 20,
@@ -246,6 +268,7 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
                 32,
                 warmup=3 if q else 20,
                 steps=10 if q else (300 if cuda else 120),
+                mode=mode,
             )
         )
     return cases, wait_cases, note
@@ -260,12 +283,24 @@ class Window:
 
     step_s: float
     """Mean wall time per optimizer step."""
+    median_step_s: float
+    """Median wall time of one step (robust to bursts of load from other processes; CPU only, else the mean)."""
     wait_s: float
     """Mean time per step spent waiting for the next batch (0 for the bare loop: batches are ready)."""
 
+    @classmethod
+    def from_stamps(cls, stamps: list[float], waited: float) -> "Window":
+        """From the start times of steps first .. last and the end of step last (``len(stamps) - 1`` steps)."""
+        steps = len(stamps) - 1
+        durations = np.diff(stamps)
+        return cls((stamps[-1] - stamps[0]) / steps, float(np.median(durations)), waited / steps)
 
-def run_trainer(case: Case, workdir: Path) -> Window:
-    """Train ``warmup + steps + 1`` steps with the real Trainer; time requests warmup .. warmup + steps."""
+
+def run_trainer(case: Case, workdir: Path) -> tuple[Window, nn.Module]:
+    """Train ``warmup + steps + 1`` steps with the real Trainer; time requests warmup .. warmup + steps.
+
+    Returns the window and the trained model (the run directory is deleted).
+    """
     first, last = case.warmup, case.warmup + case.steps
     cls = with_timed_loader(case.trainer_cls, (first, last))
     config = dataclasses.replace(case.config, max_steps=last + 1)
@@ -281,8 +316,10 @@ def run_trainer(case: Case, workdir: Path) -> Window:
     finally:
         if trainer.run_dir is not None:
             shutil.rmtree(trainer.run_dir, ignore_errors=True)
-    seconds, waited = trainer.timed.window(first, last)  # type: ignore[attr-defined]
-    return Window(seconds / case.steps, waited / case.steps)
+    window: Window = trainer.timed.window(first, last)  # type: ignore[attr-defined]
+    if trainer.device.type == "cuda":  # per-step stamps of asynchronous work mean nothing: keep the mean
+        window.median_step_s = window.step_s
+    return window, trainer.model
 
 
 def bare_setup(case: Case) -> tuple[Trainer[Any], nn.Module, list[Batch]]:
@@ -314,11 +351,12 @@ def run_bare(case: Case, task: Trainer[Any], model: nn.Module, batches: list[Bat
     )
     params = list(model.parameters())
     model.train()
-    start = time.perf_counter()
+    stamps: list[float] = []
     for i, batch in enumerate(batches):
         if i == case.warmup:
             sync(device)
-            start = time.perf_counter()
+        if i >= case.warmup:
+            stamps.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             loss = case.loss_fn(fwd, batch)
@@ -329,7 +367,11 @@ def run_bare(case: Case, task: Trainer[Any], model: nn.Module, batches: list[Bat
         if scheduler is not None:
             scheduler.step()
     sync(device)
-    return Window((time.perf_counter() - start) / case.steps, 0.0)
+    stamps.append(time.perf_counter())
+    window = Window.from_stamps(stamps, 0.0)
+    if device.type == "cuda":
+        window.median_step_s = window.step_s
+    return window
 
 
 @dataclass
@@ -339,42 +381,66 @@ class CaseResult:
     bare: list[Window]
     tokens_per_step: int
     gflop_per_token: float
+    peaks: list[float]
+    """Matmul FLOP/s measured in each round, between its two runs (empty when not measured)."""
 
-    @property
-    def overheads(self) -> list[float]:
+    def overheads(self, median: bool = False) -> list[float]:
+        """Per round: Trainer step time / bare step time - 1 (mean over the window, or median step)."""
+        if median:
+            return [t.median_step_s / b.median_step_s - 1 for t, b in zip(self.trainer, self.bare)]
         return [t.step_s / b.step_s - 1 for t, b in zip(self.trainer, self.bare)]
 
     def median_step(self, which: str) -> float:
+        """Median over rounds of the window-mean step time of ``trainer`` or ``bare`` runs."""
         runs = self.trainer if which == "trainer" else self.bare
         return statistics.median(w.step_s for w in runs)
 
     def wait_share(self) -> float:
+        """Median over rounds of the Trainer's data-wait share."""
         return statistics.median(w.wait_s / w.step_s for w in self.trainer)
 
+    def peak_fraction(self, which: str) -> float:
+        """Median over rounds of model FLOP/s over the matmul peak of the same round."""
+        runs = self.trainer if which == "trainer" else self.bare
+        flops = self.gflop_per_token * 1e9 * self.tokens_per_step
+        return statistics.median(flops / w.step_s / peak for w, peak in zip(runs, self.peaks))
 
-def measure_case(case: Case, rounds: int, workdir: Path) -> CaseResult:
-    """Alternate Trainer and bare runs (ABBA) and collect their steady-state windows."""
+
+def measure_case(case: Case, rounds: int, workdir: Path, peak_fn: Callable[[], float] | None = None) -> CaseResult:
+    """Alternate Trainer and bare runs (ABBA) and collect their steady-state windows.
+
+    ``peak_fn`` (the matmul peak) is measured between the two runs of every round: on a shared machine the
+    achievable peak moves with the load, so each round's throughput is compared with its own peak.
+    """
     task, model0, batches = bare_setup(case)
     assert isinstance(model0, MultilayerTransformer)
     initial = {k: v.clone() for k, v in model0.state_dict().items()}
     tokens = int(next(iter(batches[0].values())).numel())
+    # One untimed step first: the first run of a shape in a process pays one-time costs (kernel selection,
+    # allocator growth) that would otherwise land on whichever of Trainer or bare runs first.
+    run_bare(dataclasses.replace(case, warmup=0, steps=1), task, model0, batches[:1])
+    model0.load_state_dict(initial)
     trainer_runs: list[Window] = []
     bare_runs: list[Window] = []
+    peaks: list[float] = []
     for r in range(rounds):
         order = ("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")
-        for which in order:
+        for i, which in enumerate(order):
+            if i == 1 and peak_fn is not None:
+                peaks.append(peak_fn())
             if which == "trainer":
-                trainer_runs.append(run_trainer(case, workdir))
+                trainer_runs.append(run_trainer(case, workdir)[0])
             else:
                 model0.load_state_dict(initial)
                 bare_runs.append(run_bare(case, task, model0, batches))
         print(
             f"  {case.name}, round {r + 1}: trainer {1e3 * trainer_runs[-1].step_s:.1f} ms/step, "
-            f"bare {1e3 * bare_runs[-1].step_s:.1f} ms/step",
+            f"bare {1e3 * bare_runs[-1].step_s:.1f} ms/step (medians {1e3 * trainer_runs[-1].median_step_s:.1f}, "
+            f"{1e3 * bare_runs[-1].median_step_s:.1f})",
             flush=True,
         )
     fpt = flops_per_token(model0, case.seq_len, training=True)
-    return CaseResult(case, trainer_runs, bare_runs, tokens, fpt / 1e9)
+    return CaseResult(case, trainer_runs, bare_runs, tokens, fpt / 1e9, peaks)
 
 
 # --- profile of the paper-shape step ---------------------------------------------------------------------------
@@ -386,14 +452,12 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("layer norm", ("layer_norm",)),
     ("GELU", ("gelu",)),
     ("softmax / cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
-    ("copies / layout (copy_, cat, clone, contiguous)", ("copy_", "aten::cat", "clone", "contiguous", "to_copy")),
-    (
-        "elementwise (mul, add, neg, ...: RoPE, residuals, dropout)",
-        ("aten::mul", "aten::add", "aten::neg", "aten::sub"),
-    ),
-    ("dropout", ("dropout", "bernoulli")),
+    ("dropout (bernoulli_, div_)", ("dropout", "bernoulli", "aten::div_")),
+    ("copies, zero-fills, layout (copy_, fill_, cat, clone)", ("copy_", "fill_", "aten::cat", "clone", "contiguous")),
+    ("other elementwise (mul, add, neg: RoPE, residuals)", ("aten::mul", "aten::add", "aten::neg", "aten::sub")),
     ("embedding", ("embedding",)),
 ]
+"""Profile categories, matched on op names in this order (first match wins; approximate by nature)."""
 
 
 def categorise(name: str) -> str:
@@ -442,6 +506,9 @@ def profile_case(case: Case, steps: int, top_n: int = 15) -> Profile:
 
 
 # --- generation ----------------------------------------------------------------------------------------------
+
+PEAK_N = {"cpu": 2048, "cuda": 8192}
+"""Size of bench_nn's square peak matmul per device type."""
 
 GEN_SHAPE = (4, 128, 4, 8, 39)
 """bench_nn's generation model: 4 layers, d_model 128, 4 heads, prompt 8, vocab 39."""
@@ -506,6 +573,13 @@ def device_name(device: torch.device) -> str:
     return f"CPU, {torch.get_num_threads()} torch threads"
 
 
+def shape_of(case: Case) -> str:
+    """``4 layers, d_model 128, 4 heads, 32 tokens, batch 64`` from a case's config."""
+    c = case.config
+    model = f"{getattr(c, 'num_layers', '?')} layers, d_model {getattr(c, 'dim_model', '?')}"
+    return f"{model}, {getattr(c, 'num_heads', '?')} heads, {case.seq_len} tokens, batch {c.batch_size}"
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -545,36 +619,49 @@ def report(
         "Steady-state window: from the Trainer's request for batch `warmup` to its request for batch"
         " `warmup + steps` (start-up, first/last evaluation and the final checkpoint are outside it)."
         " The bare loop: `zero_grad`, forward, loss, `backward`, `clip_grad_norm_`, `step`, scheduler step over"
-        " batches already on the device. Goal: overhead < 5%.",
+        " batches already on the device. Trainer overhead: ratio of the window means (what a run pays);"
+        " median-step overhead: ratio of the median single-step times (robust to bursts of load from other"
+        " processes, blind to rare costs such as a log frame every 10 s). Per-round values in brackets, in %."
+        " Goal: overhead < 5%.",
         "",
         "| case | batch x seq | warmup + steps | bare ms/step | Trainer ms/step | bare tokens/s | Trainer tokens/s"
-        " | **Trainer overhead** | overhead per round | data wait in Trainer |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        " | **Trainer overhead** (per round) | overhead of the median step (per round) | data wait in Trainer |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in results + waits:
         c = r.case
         bare, tr = r.median_step("bare"), r.median_step("trainer")
-        per_round = ", ".join(f"{100 * o:+.1f}%" for o in r.overheads)
+        cells = []
+        for median in (False, True):
+            values = r.overheads(median)
+            rounds = ", ".join(f"{100 * o:+.1f}" for o in values)
+            cells.append(f"**{100 * statistics.median(values):+.1f}%** ({rounds})")
         lines.append(
             f"| {c.name} | {c.config.batch_size} x {c.seq_len} | {c.warmup} + {c.steps} | {1e3 * bare:,.1f} | "
             f"{1e3 * tr:,.1f} | {r.tokens_per_step / bare:,.0f} | {r.tokens_per_step / tr:,.0f} | "
-            f"**{100 * statistics.median(r.overheads):+.1f}%** | {per_round} | {pct(r.wait_share())} |"
+            f"{cells[0]} | {cells[1]} | {pct(r.wait_share())} |"
         )
     lines += [
         "",
-        f"### 2. Fraction of peak (measured {peak_dtype} matmul peak: {peak / 1e9:,.1f} GFLOP/s)",
+        f"### 2. Fraction of peak ({peak_dtype} matmul peak, {PEAK_N[device.type]}^2 x {PEAK_N[device.type]}^2)",
         "",
-        "Model FLOPs per token from `iluvattnshun.nn.flops_per_token` (6N + 12 L C T, training)."
+        "Model FLOPs per token from `iluvattnshun.nn.flops_per_token` (6N + 12 L C T for training: the attention"
+        " term counts the full T x T square, twice what causal attention computes). The peak is measured at the"
+        f" start ({peak / 1e9:,.1f} GFLOP/s) and again in every round between its two runs, because on a shared"
+        " machine it moves with the load; each round's throughput is divided by its own peak."
         + (" Goal on this CPU: >= 50% for the paper shape." if not cuda else ""),
         "",
-        "| case | GFLOP/token | bare % of peak | Trainer % of peak |",
-        "|---|---:|---:|---:|",
+        "| case | GFLOP/token | peak per round (GFLOP/s) | achieved bare / Trainer (GFLOP/s) | **bare % of peak**"
+        " | Trainer % of peak |",
+        "|---|---:|---|---|---:|---:|",
     ]
     for r in results:
-        bare, tr = r.median_step("bare"), r.median_step("trainer")
         flops = r.gflop_per_token * 1e9 * r.tokens_per_step
+        peaks = ", ".join(f"{p / 1e9:,.0f}" for p in r.peaks)
+        achieved = f"{flops / r.median_step('bare') / 1e9:,.1f} / {flops / r.median_step('trainer') / 1e9:,.1f}"
         lines.append(
-            f"| {r.case.name} | {r.gflop_per_token:.4f} | {pct(flops / bare / peak)} | {pct(flops / tr / peak)} |"
+            f"| {r.case.name} | {r.gflop_per_token:.4f} | {peaks} | {achieved} | **{pct(r.peak_fraction('bare'))}** "
+            f"| {pct(r.peak_fraction('trainer'))} |"
         )
     if prof is not None:
         unit = "device" if cuda else "CPU"
@@ -595,7 +682,7 @@ def report(
         "",
         "### 4. Data wait: share of the Trainer's step time inside the loader's `next()`",
         "",
-        "var_rename `quick` model (4 layers, d_model 64, 4 heads, 32 tokens, batch 64) trained by `Trainer.run()`;"
+        f"var_rename `quick` preset ({shape_of(waits[0].case) if waits else 'not run'}) trained by `Trainer.run()`;"
         " baseline: the same steps in the bare loop with batches ready. Goal: < 3%.",
         "",
         "| mode | Trainer ms/step | wait ms/step | **wait share** | bare ms/step |",
@@ -604,7 +691,7 @@ def report(
     for r in waits:
         wait_ms = 1e3 * statistics.median(w.wait_s for w in r.trainer)
         lines.append(
-            f"| {r.case.name.split(', ', 1)[1]} | {1e3 * r.median_step('trainer'):,.1f} | {wait_ms:.2f} | "
+            f"| {r.case.mode or r.case.name} | {1e3 * r.median_step('trainer'):,.1f} | {wait_ms:.2f} | "
             f"**{pct(r.wait_share())}** | {1e3 * r.median_step('bare'):,.1f} |"
         )
     n_layers, d_model, n_heads, prompt_len, _ = GEN_SHAPE
@@ -681,21 +768,36 @@ def main(argv: list[str] | None = None) -> str:
     cuda = device.type == "cuda"
     loads = [f"{os.getloadavg()[0]:.2f} (start)"]
     peak_dtype = "bfloat16" if cuda else "float32"
-    peak = matmul_peak_flops(device, torch.bfloat16 if cuda else torch.float32, repeats=3 if args.quick else 5)
+    peak_dtype_t = torch.bfloat16 if cuda else torch.float32
+
+    def peak_fn() -> float:
+        return matmul_peak_flops(device, peak_dtype_t, repeats=3)
+
+    peak = peak_fn()
     print(f"{device_name(device)}: measured {peak_dtype} matmul peak {peak / 1e9:,.1f} GFLOP/s", flush=True)
+    clock = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        loads.append(f"{os.getloadavg()[0]:.2f} (after {name})")
+        print(f"[{name}: {now - clock:.0f} s]", flush=True)
+        clock = now
+
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         workdir = Path(tmp)
         cases, wait_cases, note = build_cases(args, workdir)
-        results = [] if "train" in args.skip else [measure_case(c, args.rounds, workdir) for c in cases]
-        loads.append(f"{os.getloadavg()[0]:.2f} (after throughput)")
+        results = [] if "train" in args.skip else [measure_case(c, args.rounds, workdir, peak_fn) for c in cases]
+        phase("throughput")
         prof = None if "profile" in args.skip else profile_case(cases[0], steps=1 if args.quick else 2)
+        phase("profile")
         waits = [] if "wait" in args.skip else [measure_case(c, args.rounds, workdir) for c in wait_cases]
-        loads.append(f"{os.getloadavg()[0]:.2f} (after data wait)")
+        phase("data wait")
     gens: list[GenResult] = []
     if "gen" not in args.skip:
         lengths = [100] if args.quick else [100, 1000]
         gens = generation(device, [1, 32], lengths, repeats=1 if args.quick else 3, cap_s=args.recompute_cap_s)
-    loads.append(f"{os.getloadavg()[0]:.2f} (end)")
+        phase("generation")
     text = report(args, device, peak, peak_dtype, results, waits, prof, gens, loads, note)
     print(text)
     if args.write:
