@@ -66,8 +66,9 @@ class RotaryEmbedding(nn.Module):
             # positions; bf16 angles would be off by whole radians at position ~1000.
             pos = torch.arange(size, device=device, dtype=torch.float32)
             freqs = torch.outer(pos, self.inv_freq.to(device=device, dtype=torch.float32))  # (L, D/2)
-            angles = torch.cat([freqs, freqs], dim=-1)  # (L, D)
-            cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+            # The rotate-half sign is folded into the sin table: rotate(x) = x * cos + cat(x2, x1) * sin.
+            cos = torch.cat([freqs.cos(), freqs.cos()], dim=-1).to(dtype)  # (L, D)
+            sin = torch.cat([-freqs.sin(), freqs.sin()], dim=-1).to(dtype)  # (L, D)
             self._cos, self._sin = cos, sin
         return cos[:length], sin[:length]
 
@@ -77,8 +78,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.tables(offset + seq_len, x.device, x.dtype)
         cos, sin = cos[offset:], sin[offset:]  # (T, D)
         x1, x2 = x.chunk(2, dim=-1)
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return x * cos + rotated * sin
+        return x * cos + torch.cat([x2, x1], dim=-1) * sin
 
 
 class KVCache:
@@ -210,10 +210,9 @@ class Attention(_Hookable):
         B, T, C = x.shape
         offset = kv_cache.length if kv_cache is not None else 0
         qkv = self.qkv_proj(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        qk = self.rotary(qkv[:2], offset=offset)  # (2, B, H, T, D): one rotation for q and k together
-        q = self._hook("q", qk[0])
-        k = self._hook("k", qk[1])
-        v = self._hook("v", qkv[2])
+        qk, v = qkv.split([2, 1])  # (2, B, H, T, D), (1, B, H, T, D)
+        q, k = self.rotary(qk, offset=offset).unbind(0)  # one rotation for q and k together
+        q, k, v = self._hook("q", q), self._hook("k", k), self._hook("v", v[0])
         if kv_cache is not None:
             k, v = kv_cache.write(layer_idx, k, v)  # (B, H, S, D)
         S = k.shape[2]
