@@ -56,6 +56,7 @@ def check_var_rename(prompt: str, answer: str, depth: Sequence[int], num_chains:
         stmt, ans, dep = prompt[4 * i : 4 * i + 4], answer[4 * i : 4 * i + 4], list(depth[4 * i : 4 * i + 4])
         old, gt, new, semi = list(stmt)
         assert gt == ">" and semi == ";", f"statement {i} {stmt!r} is not 'x>y;'"
+        assert (old in DIGITS) == (i < num_chains), f"statement {i} {stmt!r}: chains are bound first, then renamed"
         if old in DIGITS:
             assert int(old) < num_chains, f"statement {i}: chain start {old} is not among 0..{num_chains - 1}"
             assert old not in used_digits, f"statement {i}: digit {old} starts a second chain"
@@ -78,7 +79,7 @@ def check_var_rename(prompt: str, answer: str, depth: Sequence[int], num_chains:
         facts.new_letters.append(new)
         facts.depths.append(chain_count[chain])
         chain_count[chain] += 1
-    assert len(chain_value) <= num_chains
+    assert len(chain_value) == num_chains, "every chain is bound"
     return facts
 
 

@@ -55,21 +55,24 @@ def _statistics(facts: list[ChainFacts], num_renames: int) -> dict[str, np.ndarr
 
 
 def test_spec_example_passes_and_checker_rejects_broken_examples() -> None:
-    prompt, answer = "1>a;2>b;a>c;b>d;d>e;", "1.1.2.2.1.1.2.2.2.2."
+    # The example with digits 0..num_chains-1 (its "1>a;2>b;" would need 3 chains, one never bound).
+    prompt, answer = "1>a;0>b;a>c;b>d;d>e;", "1.1.0.0.1.1.0.0.0.0."
     depth = [0] * 8 + [1] * 8 + [2] * 4
-    check_var_rename(prompt, answer, depth, num_chains=3, num_renames=5)
+    check_var_rename(prompt, answer, depth, num_chains=2, num_renames=5)
     with pytest.raises(AssertionError, match="answer"):
-        check_var_rename(prompt, "1.1.2.2.2.2.2.2.2.2.", depth, 3, 5)
+        check_var_rename(prompt, "1.1.0.0.0.0.0.0.0.0.", depth, 2, 5)
     with pytest.raises(AssertionError, match="is live"):
-        check_var_rename("1>a;2>a;", "1.1.2.2.", [0] * 8, 3, 2)
+        check_var_rename("1>a;0>a;", "1.1.0.0.", [0] * 8, 2, 2)
     with pytest.raises(AssertionError, match="is live"):
-        check_var_rename("1>a;a>a;", "1.1.1.1.", [0] * 4 + [1] * 4, 3, 2)
+        check_var_rename("0>a;a>a;", "0.0.0.0.", [0] * 4 + [1] * 4, 1, 2)
     with pytest.raises(AssertionError, match="not a live variable"):
-        check_var_rename("1>a;c>b;", "1.1.1.1.", [0] * 4 + [1] * 4, 3, 2)
+        check_var_rename("0>a;c>b;", "0.0.0.0.", [0] * 4 + [1] * 4, 1, 2)
     with pytest.raises(AssertionError, match="depth"):
-        check_var_rename("1>a;a>b;", "1.1.1.1.", [0] * 8, 3, 2)
+        check_var_rename("0>a;a>b;", "0.0.0.0.", [0] * 8, 1, 2)
     with pytest.raises(AssertionError, match="second chain"):
-        check_var_rename("1>a;1>b;", "1.1.1.1.", [0] * 8, 3, 2)
+        check_var_rename("1>a;1>b;", "1.1.1.1.", [0] * 8, 2, 2)
+    with pytest.raises(AssertionError, match="bound first"):
+        check_var_rename("1>a;a>b;0>c;", "1.1.1.1.0.0.", [0] * 4 + [1] * 4 + [0] * 4, 2, 3)
 
 
 def test_vocabulary_matches_spec() -> None:
@@ -88,6 +91,7 @@ def test_vocabulary_matches_spec() -> None:
         ({"num_chains": 11}, "num_chains"),
         ({"num_chains": 0}, "num_chains"),
         ({"num_renames": 0}, "num_renames"),
+        ({"num_chains": 4, "num_renames": 3}, "num_renames"),
         ({"train_size": 0}, "train_size"),
         ({"test_size": -1}, "test_size"),
     ],

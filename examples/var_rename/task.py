@@ -1,13 +1,18 @@
 """Variable renaming: follow chains of renames back to the digit each chain started from.
 
-Prompt ``1>a;2>b;a>c;b>d;d>e;`` (num_chains 2, num_renames 5). Each chain starts at a distinct
-digit (0..num_chains-1, in random order). Every statement ``old>new;`` picks a chain uniformly and
-renames its current variable ``old`` (at first the digit itself) to a fresh letter ``new`` that is
-not the current variable of any chain. So the very first statement of a chain, e.g. ``1>a;``, is
-a rename too: a prompt has exactly ``4 * num_renames`` characters.
+Prompt ``1>a;0>b;a>c;b>d;d>e;`` (num_chains 2, num_renames 5). Each chain starts at a distinct
+digit (0..num_chains-1, in random order): the first ``num_chains`` statements bind every chain's digit
+to a letter, one chain each, in the order of that random permutation (``1>a;0>b;``). Every later
+statement ``old>new;`` picks a chain uniformly and renames its current variable ``old`` to a fresh
+letter ``new`` that is not the current variable of any chain. The binding statements count as renames
+too: a prompt has exactly ``4 * num_renames`` characters (so ``num_renames >= num_chains``).
+
+(Generator version 1 let chains start at random statements instead; with every chain bound up front,
+models escape the depth-1 plateau within about a thousand steps, and it matches the paper's 600-token
+prompts and the example above.)
 
 The answer is aligned with the prompt: at both variable positions of a statement, the chain's
-digit; ``.`` (masked) at ``>`` and ``;``. For the prompt above: ``1.1.2.2.1.1.2.2.2.2.``.
+digit; ``.`` (masked) at ``>`` and ``;``. For the prompt above: ``1.1.0.0.1.1.0.0.0.0.``.
 Metadata ``depth``: the chain's number of renames before this statement, for all 4 characters
 (above: ``0000 0000 1111 1111 2222``).
 """
@@ -49,8 +54,11 @@ class VarRenamePromptConfig(PromptConfig):
             raise ValueError(
                 f"num_chains must be in 1..10 (each chain starts at a distinct digit), got {self.num_chains}"
             )
-        if self.num_renames < 1:
-            raise ValueError(f"num_renames must be >= 1, got {self.num_renames}")
+        if self.num_renames < self.num_chains:
+            raise ValueError(
+                f"num_renames ({self.num_renames}) must be >= num_chains ({self.num_chains}): the first "
+                f"num_chains statements bind each chain's digit"
+            )
 
 
 class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
@@ -58,7 +66,7 @@ class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
 
     VOCAB = VOCAB
     MASK_CHAR = "."
-    GENERATOR_VERSION = 1
+    GENERATOR_VERSION = 2
     CHUNK_SIZE = 32768
 
     @property
@@ -74,7 +82,7 @@ class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
         live: set[str] = set()  # letters that are some chain's current variable
         prompt, answer, depths = [], [], []
         for _ in range(self.config.num_renames):
-            c = int(rng.integers(num_chains))
+            c = len(prompt) if len(prompt) < num_chains else int(rng.integers(num_chains))
             free = [x for x in LETTERS if x not in live]
             new = free[int(rng.integers(len(free)))]
             old = current[c]
@@ -112,7 +120,10 @@ class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
         small = num_renames <= 256  # depths fit a byte: repeat them 4x by one multiply
         depth = np.empty((n, num_renames), dtype="<u4" if small else np.uint32)  # (n, R)
         for r in range(num_renames):
-            idx = chain_base + rng.integers(0, num_chains, size=n, dtype=np.uint8)  # (n,) chosen chain
+            if r < num_chains:  # binding statements: chain r (chain r holds the random digit values[r])
+                idx = chain_base + r
+            else:
+                idx = chain_base + rng.integers(0, num_chains, size=n, dtype=np.uint8)  # (n,) chosen chain
             old = current[idx]
             new = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=n, dtype=np.uint32)
             retry = np.flatnonzero(live[live_base + new])
@@ -162,7 +173,7 @@ def quick() -> VarRenameConfig:
         train_size=200_000,
         test_size=2_000,
         num_layers=4,
-        dim_model=128,
+        dim_model=64,
         num_heads=4,
         lr=1e-3,
         weight_decay=0.01,
