@@ -1,10 +1,12 @@
 """Variable evaluation: chains of additions mod 10, each binding a fresh variable.
 
 Prompt ``1+3>a;2+4>b;a+3>c;`` (num_chains 2, num_statements 3). Each chain starts at a random digit
-(chains may share a starting digit). Every statement ``x+d>y;`` picks a chain uniformly, adds a random
-digit ``d`` (mod 10) to the chain's current variable ``x`` (at first the starting digit itself) and
-binds the result to a fresh letter ``y`` that is not the current variable of any chain. A prompt has
-exactly ``6 * num_statements`` characters.
+(chains may share a starting digit); the first ``num_chains`` statements start the chains, one each.
+Every statement ``x+d>y;`` adds a random digit ``d`` (mod 10) to a chain's current variable ``x`` (for
+the starting statements the starting digit itself; later statements pick a chain uniformly) and binds
+the result to a fresh letter ``y`` that is not the current variable of any chain. A prompt has exactly
+``6 * num_statements`` characters (so ``num_statements >= num_chains``). Generator version 1 started
+chains at random statements; starting them all up front is the layout of the example above.
 
 The answer is aligned with the prompt: the result at the new variable's position, ``.`` (masked)
 elsewhere: ``....4.....6.....7.`` above. Metadata ``depth``: the chain's number of statements before
@@ -48,8 +50,11 @@ class VarEvalPromptConfig(PromptConfig):
                 f"num_chains must be in 1..25 (up to num_chains letters are live and a fresh one must remain), "
                 f"got {self.num_chains}"
             )
-        if self.num_statements < 1:
-            raise ValueError(f"num_statements must be >= 1, got {self.num_statements}")
+        if self.num_statements < self.num_chains:
+            raise ValueError(
+                f"num_statements ({self.num_statements}) must be >= num_chains ({self.num_chains}): the first "
+                f"num_chains statements start the chains"
+            )
 
 
 class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
@@ -57,7 +62,7 @@ class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
 
     VOCAB = VOCAB
     MASK_CHAR = "."
-    GENERATOR_VERSION = 1
+    GENERATOR_VERSION = 2
     CHUNK_SIZE = 32768
 
     @property
@@ -72,8 +77,8 @@ class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
         depth = [0] * num_chains
         live: set[str] = set()
         prompt, answer, depths = [], [], []
-        for _ in range(self.config.num_statements):
-            c = int(rng.integers(num_chains))
+        for r in range(self.config.num_statements):
+            c = r if r < num_chains else int(rng.integers(num_chains))
             addend = int(rng.integers(10))
             free = [x for x in LETTERS if x not in live]
             new = free[int(rng.integers(len(free)))]
@@ -109,7 +114,8 @@ class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
         answer = np.full((n, num_statements, 6), MASK, dtype=np.uint8)
         depth = np.empty((n, num_statements), dtype=np.int64)
         for r in range(num_statements):
-            idx = chain_base + rng.integers(0, num_chains, size=n)  # (n,) chosen chain
+            # (n,) chosen chain: chain r for the starting statements, then uniform
+            idx = chain_base + (r if r < num_chains else rng.integers(0, num_chains, size=n))
             addend = rng.integers(0, 10, size=n, dtype=np.uint8)
             old = current[idx]
             new = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=n, dtype=np.uint8)

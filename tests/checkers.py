@@ -95,6 +95,7 @@ def check_var_eval(prompt: str, answer: str, depth: Sequence[int], num_chains: i
         stmt, ans, dep = prompt[6 * i : 6 * i + 6], answer[6 * i : 6 * i + 6], list(depth[6 * i : 6 * i + 6])
         old, plus, addend, gt, new, semi = list(stmt)
         assert plus == "+" and gt == ">" and semi == ";" and addend in DIGITS, f"statement {i} {stmt!r} malformed"
+        assert (old in DIGITS) == (i < num_chains), f"statement {i} {stmt!r}: chains are started first"
         if old in DIGITS:
             chain = len(value)
             assert chain < num_chains, f"statement {i}: more than {num_chains} chains start from a digit"
