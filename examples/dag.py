@@ -174,12 +174,12 @@ def quick() -> DagConfig:
         num_layers=4,
         dim_model=64,
         num_heads=4,
-        lr=2e-3,
+        lr=1e-3,
         warmup_steps=200,
-        batch_size=256,
+        batch_size=128,
         num_epochs=-1,
         max_minutes=9.0,
-        eval_every_n_samples=256 * 250,
+        eval_every_n_samples=128 * 250,
         save_every_n_seconds=120,
     )
 
