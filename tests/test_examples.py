@@ -54,7 +54,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize("task", ["var_rename", "var_eval", "dag"])
 def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Path, task: str) -> None:
-    proc = run_module(f"examples.{task}", tiny_args(tmp_path), cwd=tmp_path)
+    proc = run_module(f"examples.{task}", [*tiny_args(tmp_path), "--log_attention_maps"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "logs" / "run_1_t"
     assert (run_dir / "run_1_t.yaml").is_file() and (run_dir / "run_1_t.py").is_file()
@@ -65,6 +65,11 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     assert "val/accuracy" in tags and "val/loss" in tags and "train/loss" in tags
     assert any(t.startswith("val/acc_per_depth/") for t in tags)
     assert all(0.0 <= a <= 1.0 for a in tags["val/accuracy"])
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/attention" in events.Tags()["images"]  # --log_attention_maps: one image per evaluation
+    image = events.Images("val/attention")[-1]
+    assert image.width > 0 and image.height > 0 and len(events.Images("val/attention")) == len(tags["val/loss"])
 
     config, model, prompter, trainer, state, path = load_run(run_dir)
     assert path.name == "ckpt_00000012.pt" and state["step"] == 12
