@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from iluvattnshun.config import parse_config
 from iluvattnshun.nn import MultilayerTransformer
-from iluvattnshun.task import ModelConfig, OptimConfig, lr_factor
+from iluvattnshun.task import ModelConfig, OptimConfig, build_model, build_optimizer, build_scheduler
 from iluvattnshun.trainer import Trainer, TrainerConfig
 
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -206,28 +206,13 @@ class ShakespeareTrainer(Trainer[ShakespeareConfig]):
         return "".join(self.chars[int(t)] for t in tokens)
 
     def get_model(self) -> nn.Module:
-        c = self.config
-        return MultilayerTransformer(
-            len(self.chars),
-            d_model=c.dim_model,
-            n_heads=c.num_heads,
-            n_layers=c.num_layers,
-            rope_base=c.rope_base,
-            dropout_attn=c.dropout_attn,
-            dropout_mlp=c.dropout_mlp,
-            dropout_emb=c.dropout_emb,
-        )
+        return build_model(len(self.chars), self.config)
 
     def get_optimizer(self, model: nn.Module) -> Optimizer:
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-        other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-        groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": other, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.beta2), fused=fused)
+        return build_optimizer(model, self.config, self.device)
 
     def get_scheduler(self, optimizer: Optimizer) -> LRScheduler | None:
-        config, max_steps = self.config, self.config.max_steps
-        return LambdaLR(optimizer, lambda step: lr_factor(step, config, max_steps))
+        return build_scheduler(optimizer, self.config, self.config.max_steps)
 
     def get_train_dataloader(self) -> RandomWindows:
         c = self.config

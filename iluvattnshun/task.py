@@ -113,6 +113,35 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
 C = TypeVar("C", bound=PromptTaskConfig)
 
 
+def build_model(vocab_size: int, config: ModelConfig) -> MultilayerTransformer:
+    """The RoPE transformer a ``ModelConfig`` describes."""
+    return MultilayerTransformer(
+        vocab_size,
+        d_model=config.dim_model,
+        n_heads=config.num_heads,
+        n_layers=config.num_layers,
+        rope_base=config.rope_base,
+        dropout_attn=config.dropout_attn,
+        dropout_mlp=config.dropout_mlp,
+        dropout_emb=config.dropout_emb,
+    )
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> Optimizer:
+    """AdamW with weight decay on matrices only (not on norms, biases or embeddings); fused on CUDA."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=device.type == "cuda")
+
+
+def build_scheduler(optimizer: Optimizer, config: OptimConfig, max_steps: int | None) -> LRScheduler:
+    """Per-step ``lr_factor`` schedule (warmup, then constant or decay)."""
+    return LambdaLR(optimizer, lambda step: lr_factor(step, config, max_steps))
+
+
 def lr_factor(step: int, config: OptimConfig, max_steps: int | None) -> float:
     """Learning-rate multiplier at ``step``: linear warmup, then constant, cosine or linear decay."""
     if step < config.warmup_steps:
@@ -154,34 +183,13 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     # --- model and optimiser --------------------------------------------------------------------------
 
     def get_model(self) -> nn.Module:
-        c = self.config
-        return MultilayerTransformer(
-            self.prompter.vocab_size,
-            d_model=c.dim_model,
-            n_heads=c.num_heads,
-            n_layers=c.num_layers,
-            rope_base=c.rope_base,
-            dropout_attn=c.dropout_attn,
-            dropout_mlp=c.dropout_mlp,
-            dropout_emb=c.dropout_emb,
-        )
+        return build_model(self.prompter.vocab_size, self.config)
 
     def get_optimizer(self, model: nn.Module) -> Optimizer:
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        no_decay += [p for p in decay if id(p) in embeddings]
-        decay = [p for p in decay if id(p) not in embeddings]
-        groups = [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.beta2), fused=fused)
+        return build_optimizer(model, self.config, self.device)
 
     def get_scheduler(self, optimizer: Optimizer) -> LRScheduler | None:
-        config, max_steps = self.config, self.config.max_steps
-        return LambdaLR(optimizer, lambda step: lr_factor(step, config, max_steps))
+        return build_scheduler(optimizer, self.config, self.config.max_steps)
 
     # --- data -----------------------------------------------------------------------------------------
 
