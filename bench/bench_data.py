@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from examples.var_rename import VarRenamePromptConfig, VarRenamePrompter
+from bench.results import replace_section
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.prompter import Prompter
@@ -310,21 +311,7 @@ def report(
 
 
 def write_section(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    current = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmark results\n\nEach section: machine, command, date, figures against their baseline.\n"
-    )
-    if SECTION_START in current and SECTION_END in current:
-        before, rest = current.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        current = before + text + ("\n" + after if after else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(current)
-    os.replace(tmp, path)
+    replace_section(text, SECTION_START, SECTION_END, ROOT / "bench" / "RESULTS.md")
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ from examples.shakespeare import quick as shakespeare_quick
 from examples.var_rename.task import MASK, VarRenameTrainer
 from examples.var_rename.task import paper as var_rename_paper
 from examples.var_rename.task import quick as var_rename_quick
+from bench.results import replace_section
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
 from iluvattnshun.trainer import Trainer, TrainerConfig
 
@@ -718,16 +719,7 @@ def report(
 
 def write_section(text: str, path: Path) -> None:
     """Replace this benchmark's section of RESULTS.md (or append it), atomically."""
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION_START in current and SECTION_END in current:
-        before, rest = current.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        current = before + text + ("\n" + after if after else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(current)
-    os.replace(tmp, path)
+    replace_section(text, SECTION_START, SECTION_END, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

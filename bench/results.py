@@ -1,0 +1,23 @@
+"""bench/RESULTS.md: each benchmark owns one section between its start and end markers."""
+
+import os
+from pathlib import Path
+
+HEADER = "# Benchmark results\n\nEach section: machine, command, date, figures against their baseline.\n"
+
+
+def replace_section(text: str, start: str, end: str, path: Path) -> None:
+    """Replace the section between ``start`` and ``end`` in ``path`` with ``text`` (or append it), atomically.
+
+    ``text`` includes its own markers; whatever follows the old section (e.g. hand-written notes) is kept.
+    """
+    current = path.read_text() if path.exists() else HEADER
+    if start in current and end in current:
+        before, rest = current.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
+        current = before + text + ("\n" + after if after else "")
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(current)
+    os.replace(tmp, path)
