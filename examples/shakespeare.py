@@ -156,9 +156,6 @@ class RandomWindows:
             window = self.data[starts + self.offsets]  # (B, T + 1)
             yield {"input": window[:, :-1], "target": window[:, 1:]}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
 
 class ValWindows:
     """Consecutive windows covering the validation split exactly once (the last one padded, never wrapped)."""

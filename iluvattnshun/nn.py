@@ -610,11 +610,6 @@ def _sample(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct trainable parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-
-
 def flops_per_token(model: MultilayerTransformer, seq_len: int, training: bool = True) -> float:
     """Model FLOPs per token, the PaLM / nanoGPT convention: 6N + 12 * L * C * T for training, a third of it
     for a forward pass. N counts matmul weights only (embedding lookups are free); the attention term counts

@@ -22,7 +22,6 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Generic, Iterable, Literal, Mapping, TypeVar
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -334,9 +333,3 @@ def _sum_counts(parts: list[torch.Tensor]) -> torch.Tensor:
         out = _add_counts(out, part)
     assert out is not None
     return out
-
-
-def token_accuracy(preds: np.ndarray, answer: np.ndarray, mask_token: int) -> float:
-    """Accuracy over non-masked positions of aligned prediction and answer arrays."""
-    target = answer != mask_token
-    return float(((preds == answer) & target).sum() / max(int(target.sum()), 1))
