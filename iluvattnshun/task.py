@@ -197,16 +197,17 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         """The cached ``DatasetDict`` (built on first use; rank 0 generates, the others then load it)."""
         if self._dataset is None:
             c = self.config
-            for rank_turn in (0, 1):  # rank 0 generates first; the others then find the cache and load it
-                if (self.rank == 0) == (rank_turn == 0):
-                    self._dataset = self.prompter.make_dataset(
-                        c.dataset_path,
-                        c.train_size,
-                        c.test_size,
-                        seed=c.data_seed,
-                        dedup_test=c.dedup_test,
-                        progress=self.is_main,
-                    )
+            if self.rank != 0:
+                tdist.barrier()  # wait until rank 0 has generated and saved it; then load the cache
+            self._dataset = self.prompter.make_dataset(
+                c.dataset_path,
+                c.train_size,
+                c.test_size,
+                seed=c.data_seed,
+                dedup_test=c.dedup_test,
+                progress=self.is_main,
+            )
+            if self.rank == 0:
                 tdist.barrier()
         return self._dataset
 
