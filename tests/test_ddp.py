@@ -1,10 +1,11 @@
-"""Data-parallel training with torchrun: 2 CPU processes over Gloo on the toy task."""
+"""Data-parallel training with torchrun: 2 CPU processes over Gloo on the toy task (and 2 GPUs over NCCL)."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from toy_task import ToyLoader, make_sequences
@@ -86,3 +87,35 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     p1 = torch.load(tmp_path / "params_1.pt", weights_only=True)
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
     assert not all(torch.equal(p0[k], state["model"][k]) for k in p0)  # it trained further
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_torchrun_two_gpus_nccl(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.toy_task",
+        "--device=cuda",
+        "--precision=bf16",
+        f"--tensorboard_logdir={tmp_path / 'logs'}",
+        "--run_name=nccl",
+        "--num_epochs=-1",
+        "--max_steps=12",
+        "--batch_size=16",
+        f"--param_dump_path={tmp_path}/params_{{rank}}.pt",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "logs" / "run_1_nccl" / "ckpt_00000012.pt")
+    assert state["world_size"] == 2 and state["samples_seen"] == 12 * 16 * 2
+    p0 = torch.load(tmp_path / "params_0.pt", weights_only=True)
+    p1 = torch.load(tmp_path / "params_1.pt", weights_only=True)
+    for k in p0:  # each rank on its own GPU, gradients all-reduced over NCCL: identical weights
+        assert torch.equal(p0[k], p1[k]), k
+        assert torch.equal(p0[k].cpu(), state["model"][k].cpu()), k
