@@ -221,6 +221,8 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
     q = args.quick
     note = ""
     cfg = bench_config
+    paper_batch = args.paper_batch or (128 if cuda else (2 if q else 16))
+    paper_warmup, paper_steps = (1, 2) if q else ((10, 200) if cuda else (2, 5))
     paper = Case(
         "var_rename paper",
         VarRenameTrainer,
@@ -229,15 +231,16 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
             workdir,
             args.device,
             args.compile,
-            batch_size=args.paper_batch or (128 if cuda else (2 if q else 16)),
-            train_size=2_000,
+            batch_size=paper_batch,
+            # one epoch covers the window, as in a real paper run (1,000,000 samples)
+            train_size=max(2_000, paper_batch * (paper_warmup + paper_steps + 2)),
             test_size=16,
             val_batch_size=16,
         ),
         var_rename_loss,
         600,
-        warmup=1 if q else (5 if cuda else 2),
-        steps=2 if q else (30 if cuda else 5),
+        warmup=paper_warmup,
+        steps=paper_steps,
     )
     cases = [paper]
     text = shakespeare_text(args.shakespeare_path)
