@@ -11,9 +11,11 @@ So every node reaches exactly one error node, through paths that all have the sa
 
 Prompt: the edges ``u>v;`` in random order, then the query ``s?`` for a uniformly random first-rank
 node ``s``, e.g. ``c>1;a>c;b>d;d>0;a?``. The only target is at ``?``: the error digit reachable
-from ``s`` (answer ``..................1``). Prompts are right-padded with ``_`` to
-``max_seq_len``; padding positions are masked. Metadata ``depth``: the path length from ``s`` to its
-error node (R, the number of letter ranks), at every prompt position (``META_PAD`` = -1 on padding).
+from ``s`` (answer ``..................1``). With ``num_queries`` > 1, up to that many distinct
+first-rank nodes are queried in turn (``c>1;a>c;b>d;d>0;a?b?``, answer ``..................1.0``):
+the same question, more targets per prompt. Prompts are right-padded with ``_`` to ``max_seq_len``;
+padding positions are masked. Metadata ``depth``: the path length from the queried nodes to their
+error nodes (R, the number of letter ranks), at every prompt position (``META_PAD`` = -1 on padding).
 """
 
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ class DagPromptConfig(PromptConfig):
     """Minimum out-degree of a letter node (capped by the eligible nodes of the next rank)."""
     max_outdeg: int = 2
     """Maximum out-degree of a letter node."""
+    num_queries: int = 1
+    """First-rank nodes queried after the edges, each ``s?`` with its own target (fewer if the rank is smaller)."""
     dataset_path: str = "data/dag"
     """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
 
@@ -64,11 +68,14 @@ class DagPromptConfig(PromptConfig):
             "num_errors",
             "min_outdeg",
             "max_outdeg",
+            "num_queries",
         ]
 
     def validate_data_params(self) -> None:
         if not 1 <= self.num_nodes <= 26:
             raise ValueError(f"num_nodes must be in 1..26 (nodes are letters), got {self.num_nodes}")
+        if self.num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if not 1 <= self.num_errors <= 10:
             raise ValueError(f"num_errors must be in 1..10 (error nodes are digits), got {self.num_errors}")
         for lo, hi in (("min_ranks", "max_ranks"), ("min_per_rank", "max_per_rank"), ("min_outdeg", "max_outdeg")):
@@ -89,7 +96,7 @@ class DagPrompter(Prompter[DagPromptConfig]):
     VOCAB = VOCAB
     MASK_CHAR = "."
     PAD_CHAR = "_"
-    GENERATOR_VERSION = 1
+    GENERATOR_VERSION = 2
     CHUNK_SIZE = 2048
 
     @property
@@ -105,10 +112,10 @@ class DagPrompter(Prompter[DagPromptConfig]):
 
     @property
     def max_seq_len(self) -> int:
-        return 4 * self.max_edges + 2
+        return 4 * self.max_edges + 2 * min(self.config.num_queries, self.config.max_per_rank)
 
     def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
-        """One graph, query, answer (error digit at ``?``) and per-character path length."""
+        """One graph, its queries, answer (error digit at each ``?``) and per-character path length."""
         cfg = self.config
         num_ranks = int(rng.integers(cfg.min_ranks, cfg.max_ranks + 1))
         sizes = [cfg.min_per_rank] * num_ranks
@@ -136,9 +143,10 @@ class DagPrompter(Prompter[DagPromptConfig]):
                 edges += [(u, v) for v in [primary, *chosen]]
 
         order = rng.permutation(len(edges))
-        start = ranks[0][int(rng.integers(len(ranks[0])))]
-        prompt = "".join(f"{edges[j][0]}>{edges[j][1]};" for j in order) + f"{start}?"
-        answer = "." * (len(prompt) - 1) + str(error[start])
+        starts = [ranks[0][j] for j in rng.permutation(len(ranks[0]))[: cfg.num_queries]]
+        edge_text = "".join(f"{edges[j][0]}>{edges[j][1]};" for j in order)
+        prompt = edge_text + "".join(f"{s}?" for s in starts)
+        answer = "." * len(edge_text) + "".join(f".{error[s]}" for s in starts)
         return prompt, answer, {"depth": [num_ranks] * len(prompt)}
 
 

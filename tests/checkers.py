@@ -142,19 +142,23 @@ def check_dag(
     num_errors: int,
     min_outdeg: int,
     max_outdeg: int,
+    num_queries: int = 1,
     max_len: int | None = None,
 ) -> DagFacts:
-    """Check one DAG example: layered graph, unique reachable error (BFS), answer, padding, depth."""
+    """Check one DAG example: layered graph, unique reachable error (BFS), queries, answers, padding, depth."""
     assert len(answer) == len(prompt) and len(depth) == len(prompt), "answer/depth not aligned with the prompt"
     if max_len is not None:
         assert len(prompt) == max_len, f"prompt length {len(prompt)} != padded length {max_len}"
-    q = prompt.index("?")
-    assert set(prompt[q + 1 :]) <= {"_"}, "only padding may follow the query"
-    assert "_" not in prompt[:q], "padding inside the prompt"
-    assert q % 4 == 1, f"query at position {q}: the edges are not all 'u>v;'"
-    start = prompt[q - 1]
-    assert start in LETTERS, f"query node {start!r} is not a letter"
-    edges = [prompt[j : j + 4] for j in range(0, q - 1, 4)]
+    body = prompt.rstrip("_")
+    assert "_" not in body, "padding inside the prompt"
+    first = body.index("?") - 1  # the queries "s?s?..." follow the edges
+    assert first % 4 == 0, f"first query at position {first}: the edges are not all 'u>v;'"
+    queries = body[first:]
+    assert len(queries) % 2 == 0 and set(queries[1::2]) == {"?"}, f"queries {queries!r} are not all 's?'"
+    starts = list(queries[0::2])
+    assert all(s in LETTERS for s in starts), f"query nodes {starts} are not all letters"
+    assert len(set(starts)) == len(starts), f"query nodes {starts} repeat"
+    edges = [prompt[j : j + 4] for j in range(0, first, 4)]
     children: dict[str, list[str]] = {}
     for e in edges:
         u, gt, v, semi = list(e)
@@ -187,7 +191,8 @@ def check_dag(
     sizes = [sum(1 for x in height.values() if x == r) for r in range(num_ranks, 0, -1)]
     assert min_ranks <= num_ranks <= max_ranks, f"{num_ranks} ranks not in {min_ranks}..{max_ranks}"
     assert all(min_per_rank <= s <= max_per_rank for s in sizes), f"rank sizes {sizes}"
-    assert height[start] == num_ranks, f"query {start} is not in the first rank"
+    assert all(height[s] == num_ranks for s in starts), f"queries {starts} are not all in the first rank"
+    assert len(starts) == min(num_queries, sizes[0]), f"{len(starts)} queries, first rank of {sizes[0]}"
     degrees = [len(vs) for vs in children.values()]
     assert all(1 <= d <= max_outdeg for d in degrees), f"out-degrees {degrees} exceed {max_outdeg}"
 
@@ -212,13 +217,18 @@ def check_dag(
             (err,) = reachable_errors(u)[0]
             eligible = [v for v, x in height.items() if x == height[u] - 1 and reachable_errors(v)[0] == {err}]
             assert len(vs) == len(eligible), f"{u} has out-degree {len(vs)} < {min_outdeg} with {eligible} eligible"
-    errs, dist = reachable_errors(start)
-    (err,) = errs
-    expected = "." * q + err + "." * (len(prompt) - q - 1)
+    errors, lengths = [], set()
+    for s in starts:
+        errs, dist = reachable_errors(s)
+        (err,) = errs
+        errors.append(err)
+        lengths.add(dist[err])
+    expected = "." * first + "".join("." + e for e in errors) + "." * (len(prompt) - len(body))
     assert answer == expected, f"answer {answer!r}, expected {expected!r}"
-    expected_depth = [dist[err]] * (q + 1) + [META_PAD] * (len(prompt) - q - 1)
-    assert list(depth) == expected_depth, f"depth {list(depth)}, expected path length {dist[err]}"
-    return DagFacts(num_ranks, sizes, len(edges), int(err), degrees)
+    (length,) = lengths
+    expected_depth = [length] * len(body) + [META_PAD] * (len(prompt) - len(body))
+    assert list(depth) == expected_depth, f"depth {list(depth)}, expected path length {length}"
+    return DagFacts(num_ranks, sizes, len(edges), int(errors[0]), degrees)
 
 
 def two_sample_chi2_p(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:

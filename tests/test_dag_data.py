@@ -20,6 +20,7 @@ GRAPH_FIELDS = (
     "num_errors",
     "min_outdeg",
     "max_outdeg",
+    "num_queries",
 )
 
 
@@ -64,6 +65,17 @@ def test_checker_accepts_the_doc_example_and_rejects_broken_graphs() -> None:
         check_dag("c>1;a>c;a>0;b>d;d>0;a?", "." * 21 + "1", [2] * 22, **params)
     with pytest.raises(AssertionError, match="path length"):
         check_dag(prompt, "." * 17 + "1", [1] * 18, **params)
+    # several queries: every first-rank node, each with its own target
+    two = {**params, "num_queries": 2}
+    check_dag(prompt + "b?", "." * 17 + "1.0", [2] * 20, **two)
+    with pytest.raises(AssertionError, match="answer"):
+        check_dag(prompt + "b?", "." * 17 + "1.1", [2] * 20, **two)
+    with pytest.raises(AssertionError, match="repeat"):
+        check_dag(prompt + "a?", "." * 17 + "1.1", [2] * 20, **two)
+    with pytest.raises(AssertionError, match="first rank"):
+        check_dag(prompt + "c?", "." * 17 + "1.1", [2] * 20, **two)
+    with pytest.raises(AssertionError, match="1 queries, first rank of 2"):
+        check_dag(prompt, "." * 17 + "1", [2] * 18, **two)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +86,8 @@ def test_checker_accepts_the_doc_example_and_rejects_broken_graphs() -> None:
         {"num_nodes": 12, "min_ranks": 3, "max_ranks": 3, "min_per_rank": 4, "max_per_rank": 4, "max_outdeg": 4},
         {"num_nodes": 6, "min_ranks": 6, "max_ranks": 6, "min_per_rank": 1, "max_per_rank": 1, "num_errors": 1},
         {"num_nodes": 10, "min_outdeg": 3, "max_outdeg": 3, "min_ranks": 2, "max_ranks": 2, "max_per_rank": 5},
+        {"num_nodes": 6, "min_ranks": 1, "max_ranks": 3, "max_per_rank": 6, "num_queries": 6},
+        {"num_nodes": 12, "min_ranks": 3, "max_ranks": 4, "num_queries": 2},
     ],
 )
 def test_every_example_passes_the_bfs_checker(overrides: dict[str, Any]) -> None:
@@ -111,6 +125,7 @@ def test_vocabulary_matches_spec() -> None:
         ({"num_errors": 11}, "num_errors"),
         ({"min_ranks": 3, "max_ranks": 2}, "min_ranks"),
         ({"min_outdeg": 0}, "min_outdeg"),
+        ({"num_queries": 0}, "num_queries"),
         ({"num_nodes": 8, "min_ranks": 2, "max_ranks": 5, "min_per_rank": 2}, "cannot be split into 5 ranks"),
         ({"num_nodes": 20, "min_ranks": 2, "max_ranks": 2, "max_per_rank": 4}, "cannot be split into 2 ranks"),
     ],
