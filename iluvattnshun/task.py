@@ -54,6 +54,9 @@ class ModelConfig:
     """Dropout on each MLP block's output."""
     dropout_emb: float = 0.0
     """Dropout on the token embeddings."""
+    tie_weights: bool = False
+    """Use the token embedding as the output projection (a predicted token and the same token read as input
+    then share one direction in the residual stream)."""
 
 
 @dataclass(kw_only=True)
@@ -123,6 +126,7 @@ def build_model(vocab_size: int, config: ModelConfig) -> MultilayerTransformer:
         dropout_attn=config.dropout_attn,
         dropout_mlp=config.dropout_mlp,
         dropout_emb=config.dropout_emb,
+        tie_weights=config.tie_weights,
     )
 
 

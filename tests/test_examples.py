@@ -73,6 +73,7 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     assert path.name == "ckpt_00000012.pt" and state["step"] == 12
     assert type(config).__name__.lower().startswith(task.replace("_", ""))
     assert config.num_layers == 2 and isinstance(model, MultilayerTransformer) and not model.training
+    assert (model.unembed.weight is model.token_embedding.weight) == config.tie_weights  # var_eval's quick ties
     assert prompter is not None
     prompt, answer, _ = prompter.get_prompt(__import__("numpy").random.default_rng(0))
     logits = model(torch.tensor([prompter.tokenize(prompt)])).logits
