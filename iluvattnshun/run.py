@@ -39,14 +39,21 @@ class LoadedRun(NamedTuple):
 
 
 def _import_class(path: str, run_dir: Path) -> type[Any]:
-    """Import ``module:QualName``; fall back to the run's script snapshot when the module is not importable."""
+    """Import ``module:QualName``; fall back to the run's script snapshot when the module is not importable.
+
+    A run started as ``python path/to/script.py`` records its classes under ``__main__``, which here names the
+    loading process's own main module (a notebook kernel, pytest): such a path always uses the snapshot.
+    """
     module_name, _, qualname = path.partition(":")
     module: ModuleType | None = None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        # The class lived in a script that is not an importable module (python path/to/script.py): load the
-        # snapshot the trainer saved next to the config. Its `if __name__ == "__main__"` block does not run.
+    if module_name != "__main__":
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            pass
+    if module is None:
+        # The class lived in a script that is not an importable module: load the snapshot the trainer saved
+        # next to the config. Its `if __name__ == "__main__"` block does not run.
         snapshots = sorted(run_dir.glob("run_*.py"))
         if not snapshots:
             raise ImportError(f"cannot import {module_name!r} and {run_dir} holds no script snapshot") from None

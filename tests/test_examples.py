@@ -50,6 +50,46 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+SCRIPT = """
+import sys
+from examples.var_eval import PRESETS, VarEvalConfig, VarEvalPrompter, VarEvalTrainer
+from iluvattnshun.config import parse_config
+
+
+class EvenPrompter(VarEvalPrompter):
+    pass
+
+
+class MyTrainer(VarEvalTrainer):
+    def get_prompter(self) -> EvenPrompter:
+        return EvenPrompter(self.config, seed=self.config.data_seed)
+
+
+if __name__ == "__main__":
+    MyTrainer(parse_config(VarEvalConfig, sys.argv[1:], presets=PRESETS)).run()
+"""
+
+
+def test_load_run_of_a_plain_script_uses_its_snapshot(tmp_path: Path) -> None:
+    # `python my_task.py` records its trainer as __main__:MyTrainer; in the loading process __main__ is
+    # another module (here pytest), so load_run must rebuild the class from the run's script snapshot.
+    script = tmp_path / "my_task.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), *tiny_args(tmp_path, "script")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config, model, prompter, trainer, state, _ = load_run(tmp_path / "logs" / "run_1_script")
+    assert type(trainer).__name__ == "MyTrainer" and type(prompter).__name__ == "EvenPrompter"
+    assert state["step"] == 12 and torch.equal(model.state_dict()["unembed.weight"], state["model"]["unembed.weight"])
+
+
 @pytest.mark.parametrize("task", ["var_rename", "var_eval", "dag"])
 def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Path, task: str) -> None:
     proc = run_module(f"examples.{task}", [*tiny_args(tmp_path), "--log_attention_maps"], cwd=tmp_path)
