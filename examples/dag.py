@@ -11,8 +11,8 @@ So every node reaches exactly one error node, through paths that all have the sa
 
 Prompt: the edges ``u>v;`` in random order, then the query ``s?`` for a uniformly random first-rank
 node ``s``, e.g. ``c>1;a>c;b>d;d>0;a?``. The only target is at ``?``: the error digit reachable
-from ``s`` (answer ``..................1``). With ``num_queries`` > 1, up to that many distinct
-first-rank nodes are queried in turn (``c>1;a>c;b>d;d>0;a?b?``, answer ``..................1.0``):
+from ``s`` (answer ``.................1``). With ``num_queries`` > 1, up to that many distinct
+first-rank nodes are queried in turn (``c>1;a>c;b>d;d>0;a?b?``, answer ``.................1.0``):
 the same question, more targets per prompt. Prompts are right-padded with ``_`` to ``max_seq_len``;
 padding positions are masked. Metadata ``depth``: the path length from the queried nodes to their
 error nodes (R, the number of letter ranks), at every prompt position (``META_PAD`` = -1 on padding).
