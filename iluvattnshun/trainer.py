@@ -20,6 +20,7 @@ batches (DDP synchronises every backward pass).
 import collections.abc
 import contextlib
 import dataclasses
+import gc
 import inspect
 import itertools
 import math
@@ -474,6 +475,11 @@ class Trainer(ABC, Generic[C]):
         try:
             self._run()
         finally:
+            if isinstance(getattr(self, "_train_model", None), DistributedDataParallel):
+                # DDP's reducer holds the group's pending work; freed at interpreter exit, after the group is
+                # gone, it can abort the process ("terminate called without an active exception").
+                del self._train_model
+                gc.collect()
             if created_group:
                 tdist.destroy_process_group()
 
