@@ -15,6 +15,19 @@ from iluvattnshun.checkpoint import list_checkpoints, load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+TORCHRUN_TOY = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "tests.toy_task",
+]
+"""Two toy-task processes under torchrun; the test appends the task's flags."""
+
+
 def test_toy_loader_shards_each_epoch_disjointly() -> None:
     data = torch.arange(100).unsqueeze(1).repeat(1, 3)  # row i holds i
     for epoch in (0, 1):
@@ -31,15 +44,8 @@ def test_toy_loader_shards_each_epoch_disjointly() -> None:
 
 def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.toy_task",
+        *TORCHRUN_TOY,
         "--device=cpu",
         f"--tensorboard_logdir={logdir}",
         "--run_name=ddp",
@@ -50,7 +56,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
         "--log_every_n_seconds=0",
         f"--param_dump_path={tmp_path}/params_{{rank}}.pt",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rank 1" not in proc.stdout and proc.stdout.count("dataset") == 1  # rank 1 prints nothing
 
@@ -79,7 +85,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
 
     # resume with both ranks (each restores its own RNG stream and data position)
     resume = [*cmd, "--resume", "--max_steps=16"]
-    proc = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(resume, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and os.listdir(logdir) == ["run_1_ddp"]
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt_00000012.pt", "ckpt_00000016.pt"]
@@ -92,15 +98,8 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_torchrun_two_gpus_nccl(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.toy_task",
+        *TORCHRUN_TOY,
         "--device=cuda",
         "--precision=bf16",
         f"--tensorboard_logdir={tmp_path / 'logs'}",
@@ -110,7 +109,7 @@ def test_torchrun_two_gpus_nccl(tmp_path: Path) -> None:
         "--batch_size=16",
         f"--param_dump_path={tmp_path}/params_{{rank}}.pt",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "logs" / "run_1_nccl" / "ckpt_00000012.pt")
     assert state["world_size"] == 2 and state["samples_seen"] == 12 * 16 * 2

@@ -32,9 +32,7 @@ class RuleModel(nn.Module):
                 old, addend, new = row[6 * r], row[6 * r + 2], row[6 * r + 4]
                 guess = self.rule(values, old, addend, previous)
                 logits[b, 6 * r + 4, guess] = 1.0
-                values[new] = (old if old < 10 else values[old]) + addend
-                values[new] %= 10
-                previous = values[new]
+                values[new] = previous = right(values, old, addend, previous)
         return SimpleNamespace(logits=logits)
 
 
