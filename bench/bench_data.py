@@ -35,10 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from examples.var_rename import VarRenamePromptConfig, VarRenamePrompter
+from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from bench.results import replace_section
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer
 from iluvattnshun.nn import MultilayerTransformer
+from iluvattnshun.datasets import generate_chunk
 from iluvattnshun.prompter import Prompter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,29 +63,29 @@ def _median(values: list[float]) -> float:
 
 
 def generation_throughput(repeats: int, per_example_n: int, vectorised_n: int) -> dict[str, Any]:
-    cfg = VarRenamePromptConfig(**PAPER)
+    cfg = VarRenameConfig(**PAPER)
     slow, fast = PerExampleVarRename(cfg), VarRenamePrompter(cfg)
     slow_rates, slow_single_rates, fast_rates = [], [], []
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        list(pool.map(slow.generate_chunk, [0, 0], [0, 0], [0, 1], [10, 10]))  # start and warm both workers
-        fast.generate_chunk(0, 0, 0, 1024)  # and the vectorised path
+        list(pool.map(generate_chunk, [slow, slow], [0, 0], [0, 1], [10, 10]))  # start and warm both workers
+        generate_chunk(fast, 0, 0, 1024)  # and the vectorised path
         for rep in range(repeats):
             chunks = range(-(-per_example_n // slow.CHUNK_SIZE))
             start = time.perf_counter()
-            futures = [pool.submit(slow.generate_chunk, rep, 0, c, slow.CHUNK_SIZE) for c in chunks]
+            futures = [pool.submit(generate_chunk, slow, 0, c, slow.CHUNK_SIZE) for c in chunks]
             n = sum(len(f.result()["prompt"]) for f in futures)
             slow_rates.append(n / (time.perf_counter() - start))
 
             start = time.perf_counter()
             n = sum(
-                len(fast.generate_chunk(rep, 0, c, fast.CHUNK_SIZE)["prompt"])
+                len(generate_chunk(fast, 0, c, fast.CHUNK_SIZE)["prompt"])
                 for c in range(vectorised_n // fast.CHUNK_SIZE)
             )
             fast_rates.append(n / (time.perf_counter() - start))
 
             start = time.perf_counter()
-            slow.generate_chunk(rep, 0, 0, slow.CHUNK_SIZE)
+            generate_chunk(slow, 0, rep, slow.CHUNK_SIZE)
             slow_single_rates.append(slow.CHUNK_SIZE / (time.perf_counter() - start))
     return {
         "per_example_pool2": _median(slow_rates),
@@ -100,9 +101,9 @@ def generation_throughput(repeats: int, per_example_n: int, vectorised_n: int) -
 BUILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from examples.var_rename import VarRenamePromptConfig, VarRenamePrompter
+from examples.var_rename import VarRenameConfig, VarRenamePrompter
 start = time.perf_counter()
-dsd = VarRenamePrompter(VarRenamePromptConfig(num_chains=4, num_renames=150)).make_dataset(
+dsd = VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=150)).make_dataset(
     {out!r}, 1_000_000, 10_000, progress=False)
 print("seconds_in_make_dataset", time.perf_counter() - start)
 """
@@ -111,10 +112,10 @@ RELOAD = """
 import sys, time
 start = time.perf_counter()
 sys.path.insert(0, {root!r})
-from examples.var_rename import VarRenamePromptConfig, VarRenamePrompter
+from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from iluvattnshun.data import ArrayLoader
 imported = time.perf_counter()
-dsd = VarRenamePrompter(VarRenamePromptConfig(num_chains=4, num_renames=150)).make_dataset(
+dsd = VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=150)).make_dataset(
     {out!r}, 1_000_000, 10_000, progress=False)
 loaded = time.perf_counter()
 loader = ArrayLoader.from_dataset(dsd["train"], batch_size=128)
@@ -202,7 +203,7 @@ def data_wait(repeats: int, threads: int, workers: list[int]) -> list[dict[str, 
     ]
     results = []
     for name, task, batch, steps in shapes:
-        prompter = VarRenamePrompter(VarRenamePromptConfig(**task), seed=0)
+        prompter = VarRenamePrompter(VarRenameConfig(**task, data_seed=0))
         cached = prompter.sample_batch(np.random.default_rng(0), 20_000)
         modes: dict[str, Callable[[], Any]] = {"cached ArrayLoader": lambda: ArrayLoader(cached, batch, seed=0)}
         for w in workers:

@@ -68,9 +68,9 @@ def make_model(shape: Shape, device: torch.device) -> MultilayerTransformer:
     torch.manual_seed(0)
     return MultilayerTransformer(
         shape.vocab,
-        d_model=shape.d_model,
-        n_heads=shape.n_heads,
-        n_layers=shape.n_layers,
+        dim_model=shape.d_model,
+        num_heads=shape.n_heads,
+        num_layers=shape.n_layers,
         dropout_attn=0.0,
         dropout_mlp=0.0,
         dropout_emb=0.0,

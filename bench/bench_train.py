@@ -49,11 +49,13 @@ from bench.bench_data import machine
 from bench.bench_nn import Shape, generation_time, make_model, matmul_peak_flops, sync
 from examples.shakespeare import IGNORE, ShakespeareTrainer
 from examples.shakespeare import quick as shakespeare_quick
-from examples.var_rename.task import MASK, VarRenameTrainer
+from examples.var_rename.task import MASK, VarRenamePrompter
 from examples.var_rename.task import paper as var_rename_paper
 from examples.var_rename.task import quick as var_rename_quick
 from bench.results import replace_section
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
+from iluvattnshun.checkpoint import seed_everything
+from iluvattnshun.task import PromptTaskTrainer
 from iluvattnshun.trainer import Trainer, TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +190,13 @@ class Case:
     """Data mode shown in the data-wait table (empty: the name)."""
 
 
+def construct(cls: type[Trainer[Any]], config: TrainerConfig) -> Trainer[Any]:
+    """A trainer of class ``cls`` (a prompt-task trainer takes the var_rename prompter of ``config``)."""
+    if issubclass(cls, PromptTaskTrainer):
+        return cls(VarRenamePrompter(config))  # type: ignore[arg-type]
+    return cls(config)
+
+
 def bench_config(config: TrainerConfig, workdir: Path, device: str, compile_model: bool, **fields: Any) -> Any:
     """A preset made steady-state friendly: no periodic evaluation or checkpoint, no time budget, temp dirs."""
     extra: dict[str, Any] = {}
@@ -225,7 +234,7 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
     paper_warmup, paper_steps = (1, 2) if q else ((10, 200) if cuda else (2, 5))
     paper = Case(
         "var_rename paper",
-        VarRenameTrainer,
+        PromptTaskTrainer,
         cfg(
             var_rename_paper(),
             workdir,
@@ -266,7 +275,7 @@ def build_cases(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], li
         wait_cases.append(
             Case(
                 f"var_rename quick, {mode}",
-                VarRenameTrainer,
+                PromptTaskTrainer,
                 cfg(var_rename_quick(), workdir, args.device, args.compile, **quick_fields, **fields),
                 var_rename_loss,
                 32,
@@ -308,7 +317,7 @@ def run_trainer(case: Case, workdir: Path) -> tuple[Window, nn.Module]:
     first, last = case.warmup, case.warmup + case.steps
     cls = with_timed_loader(case.trainer_cls, (first, last))
     config = dataclasses.replace(case.config, max_steps=last + 1)
-    trainer = cls(config)
+    trainer = construct(cls, config)
     out = io.StringIO()
     try:
         # The console frames and progress bars would drown the report; they are shown if the run fails.
@@ -329,7 +338,9 @@ def run_trainer(case: Case, workdir: Path) -> tuple[Window, nn.Module]:
 def bare_setup(case: Case) -> tuple[Trainer[Any], nn.Module, list[Batch]]:
     """The task's model (same seed and initialisation as the Trainer's) and its first batches, on the device."""
     with contextlib.redirect_stderr(io.StringIO()):
-        task = case.trainer_cls(case.config)  # seeds the RNGs as Trainer.run() would; never run
+        task = construct(case.trainer_cls, case.config)  # never run: seeded and set up as Trainer.run() would
+        seed_everything(case.config.seed)
+        task.setup()
         model = task.get_model().to(task.device)
         loader = task.get_train_dataloader()
         batches: list[Batch] = []

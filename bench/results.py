@@ -1,7 +1,8 @@
 """bench/RESULTS.md: each benchmark owns one section between its start and end markers."""
 
-import os
 from pathlib import Path
+
+from iluvattnshun.files import atomic_write
 
 HEADER = "# Benchmark results\n\nEach section: machine, command, date, figures against their baseline.\n"
 
@@ -18,6 +19,4 @@ def replace_section(text: str, start: str, end: str, path: Path) -> None:
         current = before + text + ("\n" + after if after else "")
     else:
         current = current.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(current)
-    os.replace(tmp, path)
+    atomic_write(path, current)

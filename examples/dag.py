@@ -22,20 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iluvattnshun.config import parse_config
-from iluvattnshun.prompter import PromptConfig, Prompter
-from iluvattnshun.task import PromptTaskConfig, PromptTaskTrainer
+from examples.letters import LETTERS, vocab
+from iluvattnshun.prompter import Prompter
+from iluvattnshun.task import PromptTaskConfig, main
 
-# --- data ---------------------------------------------------------------------------------------------
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-VOCAB = "0123456789" + LETTERS + ">;.?_"
+VOCAB = vocab(">;.?_")
 """Token ids: digits 0-9 -> 0..9, a-z -> 10..35, '>' 36, ';' 37, '.' 38 (mask), '?' 39, '_' 40 (pad)."""
 
 
 @dataclass(kw_only=True)
-class DagPromptConfig(PromptConfig):
-    """Data parameters of the DAG reachability task."""
+class DagConfig(PromptTaskConfig):
+    """DAG reachability: data, model, optimiser and trainer fields (see ``--help``)."""
+
+    TASK = "dag"
 
     num_nodes: int = 8
     """Letter nodes in the graph (1..26), error nodes not counted."""
@@ -55,8 +54,6 @@ class DagPromptConfig(PromptConfig):
     """Maximum out-degree of a letter node."""
     num_queries: int = 1
     """First-rank nodes queried after the edges, each ``s?`` with its own target (fewer if the rank is smaller)."""
-    dataset_path: str = "data/dag"
-    """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
 
     def data_hash_params(self) -> list[str]:
         return [
@@ -71,7 +68,8 @@ class DagPromptConfig(PromptConfig):
             "num_queries",
         ]
 
-    def validate_data_params(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         if not 1 <= self.num_nodes <= 26:
             raise ValueError(f"num_nodes must be in 1..26 (nodes are letters), got {self.num_nodes}")
         if self.num_queries < 1:
@@ -90,7 +88,7 @@ class DagPromptConfig(PromptConfig):
                 )
 
 
-class DagPrompter(Prompter[DagPromptConfig]):
+class DagPrompter(Prompter[DagConfig]):
     """Generates layered-DAG reachability prompts (per example; prompts vary in length and are padded)."""
 
     VOCAB = VOCAB
@@ -150,24 +148,6 @@ class DagPrompter(Prompter[DagPromptConfig]):
         return prompt, answer, {"depth": [num_ranks] * len(prompt)}
 
 
-# --- training -----------------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class DagConfig(DagPromptConfig, PromptTaskConfig):
-    """DAG reachability: data, model, optimiser and trainer fields (see ``--help``)."""
-
-    tensorboard_logdir: str = "logs/dag"
-    """Directory holding this task's run directories (run_<N>_<name>/)."""
-
-
-class DagTrainer(PromptTaskTrainer[DagConfig]):
-    """Trains a RoPE transformer to name the error node a start node reaches; accuracy per path length."""
-
-    def get_prompter(self) -> DagPrompter:
-        return DagPrompter(self.config, seed=self.config.data_seed)
-
-
 def quick() -> DagConfig:
     """Sized for a 2-core CPU; stops on its own."""
     return DagConfig(
@@ -218,12 +198,5 @@ def paper() -> DagConfig:
 
 PRESETS = {"quick": quick, "paper": paper}
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line (``--preset``, ``--field=value``, ``--help``) and train."""
-    config = parse_config(DagConfig, argv, presets=PRESETS, default_preset="quick")
-    DagTrainer(config).run()
-
-
 if __name__ == "__main__":
-    main()
+    main(DagPrompter, PRESETS)

@@ -11,25 +11,22 @@ a fixed prompt with the KV-cached ``generate``.
 """
 
 import math
-import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from iluvattnshun.config import parse_config
+from iluvattnshun.files import atomic_write
+from iluvattnshun.model_config import ModelConfig, build_model
 from iluvattnshun.nn import MultilayerTransformer
-from iluvattnshun.task import ModelConfig, OptimConfig, build_model, build_optimizer, build_scheduler
+from iluvattnshun.optim import OptimConfig
 from iluvattnshun.trainer import Trainer, TrainerConfig
 
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -40,6 +37,8 @@ IGNORE = -100
 @dataclass(kw_only=True)
 class ShakespeareConfig(TrainerConfig, ModelConfig, OptimConfig):
     """Character-level Tiny Shakespeare."""
+
+    TASK = "shakespeare"
 
     data_path: str = DEFAULT_PATH
     """Text file to train on; the default location is downloaded from the char-rnn repository if missing."""
@@ -53,18 +52,14 @@ class ShakespeareConfig(TrainerConfig, ModelConfig, OptimConfig):
     """Sampling temperature of the sample (0: greedy)."""
 
     def validate(self) -> None:
-        """Check the fields; raises ValueError naming the first bad one."""
         super().validate()
         if self.context_len < 2:
             raise ValueError(f"context_len must be >= 2, got {self.context_len}")
-        if self.dim_model % self.num_heads or (self.dim_model // self.num_heads) % 2:
-            raise ValueError(f"dim_model / num_heads must be an even integer, got {self.dim_model}/{self.num_heads}")
 
 
 def quick() -> ShakespeareConfig:
     """nanoGPT's CPU 'baby GPT' recipe: 4 layers, 4 heads, d 128, context 64, batch 12, 2,000 steps."""
     return ShakespeareConfig(
-        tensorboard_logdir="logs/shakespeare",
         num_layers=4,
         num_heads=4,
         dim_model=128,
@@ -87,7 +82,6 @@ def quick() -> ShakespeareConfig:
 def paper() -> ShakespeareConfig:
     """nanoGPT's GPU shakespeare-char recipe: 6 layers, 6 heads... with RoPE head dims kept even (d 384, 6 heads)."""
     return ShakespeareConfig(
-        tensorboard_logdir="logs/shakespeare",
         num_layers=6,
         num_heads=6,
         dim_model=384,
@@ -118,18 +112,18 @@ def ensure_text(path: str) -> str:
     if not file.is_file():
         if path != DEFAULT_PATH:
             raise FileNotFoundError(f"--data_path={path!r}: no such file")
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + f".part{os.getpid()}")
-        try:
-            with urllib.request.urlopen(DATA_URL, timeout=30) as response, open(tmp, "wb") as out:
+
+        def download(out: IO[bytes]) -> None:
+            with urllib.request.urlopen(DATA_URL, timeout=30) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc="downloading Tiny Shakespeare") as bar:
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))
-            os.replace(tmp, file)
+
+        try:
+            atomic_write(file, download)
         except (urllib.error.URLError, OSError) as e:
-            tmp.unlink(missing_ok=True)
             raise FileNotFoundError(
                 f"could not download Tiny Shakespeare ({e}). Without internet, put the text at {DEFAULT_PATH} "
                 f"or pass --data_path=/path/to/input.txt"
@@ -182,7 +176,7 @@ class ValWindows:
 class ShakespeareTrainer(Trainer[ShakespeareConfig]):
     """Next-character prediction with a RoPE transformer."""
 
-    def init_state(self) -> None:
+    def setup(self) -> None:
         text = ensure_text(self.config.data_path)
         self.chars = sorted(set(text))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
@@ -205,12 +199,6 @@ class ShakespeareTrainer(Trainer[ShakespeareConfig]):
     def get_model(self) -> nn.Module:
         return build_model(len(self.chars), self.config)
 
-    def get_optimizer(self, model: nn.Module) -> Optimizer:
-        return build_optimizer(model, self.config, self.device)
-
-    def get_scheduler(self, optimizer: Optimizer) -> LRScheduler | None:
-        return build_scheduler(optimizer, self.config, self.config.max_steps)
-
     def get_train_dataloader(self) -> RandomWindows:
         c = self.config
         return RandomWindows(self.train_data, c.context_len, c.batch_size, c.seed, self.rank)
@@ -229,22 +217,12 @@ class ShakespeareTrainer(Trainer[ShakespeareConfig]):
 
     def post_val_metrics(self, model: nn.Module) -> Mapping[str, Any]:
         c = self.config
-        plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        assert isinstance(plain, MultilayerTransformer)
         prompt = self.encode(c.sample_prompt).unsqueeze(0).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(c.seed)
-        out = plain.generate(prompt, c.sample_tokens, temperature=c.sample_temperature, generator=generator)
+        assert isinstance(model, MultilayerTransformer)
+        out = model.generate(prompt, c.sample_tokens, temperature=c.sample_temperature, generator=generator)
         return {"sample": self.decode(out[0].cpu())}
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = parse_config(ShakespeareConfig, argv, presets=PRESETS, default_preset="quick")
-    try:
-        ShakespeareTrainer(config).run()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 if __name__ == "__main__":
-    main()
+    ShakespeareTrainer.main(PRESETS, default_preset="quick")

@@ -5,8 +5,7 @@ Prompt ``1+3>a;2+4>b;a+3>c;`` (num_chains 2, num_statements 3). Each chain start
 Every statement ``x+d>y;`` adds a random digit ``d`` (mod 10) to a chain's current variable ``x`` (for
 the starting statements the starting digit itself; later statements pick a chain uniformly) and binds
 the result to a fresh letter ``y`` that is not the current variable of any chain. A prompt has exactly
-``6 * num_statements`` characters (so ``num_statements >= num_chains``). Generator version 1 started
-chains at random statements; starting them all up front is the layout of the example above.
+``6 * num_statements`` characters (so ``num_statements >= num_chains``).
 
 The answer is aligned with the prompt: the result at the new variable's position, ``.`` (masked)
 elsewhere: ``....4.....6.....7.`` above. Metadata ``depth``: the chain's number of statements before
@@ -17,34 +16,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iluvattnshun.config import parse_config
-from iluvattnshun.prompter import PromptConfig, Prompter
-from iluvattnshun.task import PromptTaskConfig, PromptTaskTrainer
+from examples.letters import fresh_letter, fresh_letters, vocab
+from iluvattnshun.prompter import Prompter
+from iluvattnshun.task import PromptTaskConfig, main
 
-# --- data ---------------------------------------------------------------------------------------------
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-VOCAB = "0123456789" + LETTERS + ">;.+"
+VOCAB = vocab(">;.+")
 """Token ids: digits 0-9 -> 0..9, a-z -> 10..35, '>' 36, ';' 37, '.' 38 (mask), '+' 39."""
 GT, SEMI, MASK, PLUS = (VOCAB.index(c) for c in ">;.+")
-FIRST_LETTER = VOCAB.index("a")
 
 
 @dataclass(kw_only=True)
-class VarEvalPromptConfig(PromptConfig):
-    """Data parameters of the variable evaluation task."""
+class VarEvalConfig(PromptTaskConfig):
+    """Variable evaluation: data, model, optimiser and trainer fields (see ``--help``)."""
+
+    TASK = "var_eval"
 
     num_chains: int = 2
     """Number of independent chains (1..25: a fresh letter must exist next to every live one)."""
     num_statements: int = 8
     """Statements per prompt; a prompt has 6 * num_statements characters."""
-    dataset_path: str = "data/var_eval"
-    """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
 
     def data_hash_params(self) -> list[str]:
         return ["num_chains", "num_statements"]
 
-    def validate_data_params(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         if not 1 <= self.num_chains <= 25:
             raise ValueError(
                 f"num_chains must be in 1..25 (up to num_chains letters are live and a fresh one must remain), "
@@ -57,7 +53,7 @@ class VarEvalPromptConfig(PromptConfig):
             )
 
 
-class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
+class VarEvalPrompter(Prompter[VarEvalConfig]):
     """Generates variable evaluation prompts, one at a time or vectorised over a whole batch."""
 
     VOCAB = VOCAB
@@ -80,8 +76,7 @@ class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
         for r in range(self.config.num_statements):
             c = r if r < num_chains else int(rng.integers(num_chains))
             addend = int(rng.integers(10))
-            free = [x for x in LETTERS if x not in live]
-            new = free[int(rng.integers(len(free)))]
+            new = fresh_letter(rng, live)
             old = current[c]
             value[c] = (value[c] + addend) % 10
             prompt.append(f"{old}+{addend}>{new};")
@@ -118,12 +113,7 @@ class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
             idx = chain_base + (r if r < num_chains else rng.integers(0, num_chains, size=n))
             addend = rng.integers(0, 10, size=n, dtype=np.uint8)
             old = current[idx]
-            new = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=n, dtype=np.uint8)
-            retry = np.flatnonzero(live[live_base + new])
-            while retry.size:
-                redraw = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=retry.size, dtype=np.uint8)
-                new[retry] = redraw
-                retry = retry[live[live_base[retry] + redraw]]
+            new = fresh_letters(rng, live, live_base, np.uint8)
             result = (value[idx] + addend) % 10
             value[idx] = result
             live[live_base + old] = False  # old may be the starting digit: never live, harmless
@@ -143,24 +133,6 @@ class VarEvalPrompter(Prompter[VarEvalPromptConfig]):
         }
 
 
-# --- training -----------------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class VarEvalConfig(VarEvalPromptConfig, PromptTaskConfig):
-    """Variable evaluation: data, model, optimiser and trainer fields (see ``--help``)."""
-
-    tensorboard_logdir: str = "logs/var_eval"
-    """Directory holding this task's run directories (run_<N>_<name>/)."""
-
-
-class VarEvalTrainer(PromptTaskTrainer[VarEvalConfig]):
-    """Trains a RoPE transformer to evaluate each new variable (mod-10 sums along its chain)."""
-
-    def get_prompter(self) -> VarEvalPrompter:
-        return VarEvalPrompter(self.config, seed=self.config.data_seed)
-
-
 def quick() -> VarEvalConfig:
     """Sized for a 2-core CPU; stops on its own."""
     return VarEvalConfig(
@@ -171,7 +143,7 @@ def quick() -> VarEvalConfig:
         num_layers=4,
         dim_model=64,
         num_heads=4,
-        tie_weights=True,  # reaches the same depth-1 level in ~60% of the steps (examples/README.md)
+        tie_weights=True,
         lr=1e-3,
         warmup_steps=200,
         batch_size=64,
@@ -205,12 +177,5 @@ def paper() -> VarEvalConfig:
 
 PRESETS = {"quick": quick, "paper": paper}
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line (``--preset``, ``--field=value``, ``--help``) and train."""
-    config = parse_config(VarEvalConfig, argv, presets=PRESETS, default_preset="quick")
-    VarEvalTrainer(config).run()
-
-
 if __name__ == "__main__":
-    main()
+    main(VarEvalPrompter, PRESETS)

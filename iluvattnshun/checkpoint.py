@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, ``weights_only`` loads, shape-checked model loading and RNG state capture.
+"""Checkpoint files: atomic writes, ``weights_only`` loads, retention, shape-checked model loading, RNG state.
 
 A checkpoint is a dict of tensors and plain containers only (the config is stored as a YAML string, RNG
 states as tensors and lists), so ``torch.load(..., weights_only=True)`` can read it and nothing in the file
@@ -7,8 +7,6 @@ can run code.
 
 import os
 import random
-import re
-import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,67 +14,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
-"""Checkpoint file names written by the trainer: ``ckpt_<step>.pt``."""
-
-
-def checkpoint_name(step: int) -> str:
-    """The file name of the trainer checkpoint taken after ``step`` optimizer steps."""
-    return f"ckpt_{step:08d}.pt"
-
-
-def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
-    """Trainer checkpoints in ``directory`` sorted by step (oldest first); temp files are ignored."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_PATTERN.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint with the highest step in ``directory``, or None."""
-    ckpts = list_checkpoints(directory)
-    return ckpts[-1] if ckpts else None
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some platforms/filesystems cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from iluvattnshun.files import atomic_write
+from iluvattnshun.rundir import list_checkpoints
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` atomically: a kill at any moment leaves the old file intact.
+    """Write ``state`` with ``torch.save`` atomically and durably: a kill at any moment leaves the old file intact."""
+    atomic_write(path, lambda f: torch.save(dict(state), f), durable=True)
 
-    The data goes to a hidden temp file in the same directory, is fsynced, then renamed over ``path``.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 (not mkstemp's 0o600) so that the file gets the usual umask permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+
+def prune_checkpoints(directory: str | os.PathLike[str], keep_last_n: int) -> list[Path]:
+    """Delete all but the newest ``keep_last_n`` checkpoints in ``directory``; returns the deleted paths."""
+    if keep_last_n < 1:
+        raise ValueError(f"keep_last_n must be >= 1, got {keep_last_n}")
+    old = list_checkpoints(directory)[:-keep_last_n]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -143,6 +97,13 @@ def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, Any], sourc
 def _cuda_initialized() -> bool:
     # Asking for CUDA RNG state would otherwise initialise CUDA in CPU-only runs.
     return torch.cuda.is_available() and bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""Dataclass configs: command-line parsing, ``--help`` from attribute docstrings, and YAML round trips.
+"""Dataclass configs: the ``Config`` base, command-line parsing, ``--help`` from attribute docstrings, YAML.
 
-A config is a ``@dataclass(kw_only=True)``; each field is documented by a string literal on the line after
-it. ``parse_config`` builds one from ``sys.argv``::
+A config is a ``@dataclass(kw_only=True)`` (usually a ``Config``); each field is documented by a string literal
+on the line after it. ``parse_config`` builds one from ``sys.argv``::
 
     python -m examples.var_rename --preset=small --num_layers=4 --compile --max_minutes=none
 
@@ -18,11 +18,66 @@ import sys
 import textwrap
 import types
 import typing
-from typing import Any, Callable, Literal, Mapping, NoReturn, TypeVar
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, Mapping, NoReturn, TypeVar
 
 import yaml
 
 C = TypeVar("C")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Base of every config part (trainer, model, optimiser, data, task): validation, task name, field aliases.
+
+    Each part checks its own fields in ``validate()`` and calls ``super().validate()``, so a config that
+    combines several parts checks all of them. ``validate()`` runs once, when the config is constructed (also
+    through ``dataclasses.replace``), so a bad value fails before any work starts. Before the check, every
+    field named in a part's ``TASK_DEFAULTS`` that is left empty gets its task-derived value.
+    """
+
+    TASK: ClassVar[str] = "default"
+    """Name of the task: log directories default to ``logs/<TASK>``, dataset caches to ``data/<TASK>``."""
+    ALIASES: ClassVar[Mapping[str, str]] = {}
+    """Earlier names of this class's fields (``{old: new}``), accepted on the command line and in YAML."""
+    TASK_DEFAULTS: ClassVar[Mapping[str, str]] = {}
+    """Fields whose empty value means a value derived from the task: ``{field: template with {task}}``."""
+
+    def __post_init__(self) -> None:
+        for klass in type(self).__mro__:
+            for name, template in vars(klass).get("TASK_DEFAULTS", {}).items():
+                if not getattr(self, name):
+                    setattr(self, name, template.format(task=self.TASK))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check this part's fields; raises ``ValueError`` naming the first bad one."""
+
+
+def declared_config_class(cls: type[Any], generic_base: type[Any]) -> type[Any]:
+    """The config class ``cls`` declares by subclassing ``generic_base[TheConfig]`` (searched along its MRO).
+
+    Raises:
+        TypeError: when no class along the MRO names a concrete config class.
+    """
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) is generic_base:
+                args = typing.get_args(base)
+                if args and isinstance(args[0], type):
+                    return args[0]
+    raise TypeError(f"{cls.__name__} does not name its config class: subclass {generic_base.__name__}[TheConfig]")
+
+
+def field_aliases(cls: type[Any]) -> dict[str, str]:
+    """Every ``ALIASES`` entry along the MRO of ``cls`` (subclasses win), limited to fields ``cls`` has."""
+    merged: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get("ALIASES", {}))
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return {old: new for old, new in merged.items() if new in names and old not in names}
+
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
@@ -97,6 +152,18 @@ def type_name(tp: Any) -> str:
 # Values: command-line text -> typed value, and YAML value -> typed value
 
 
+def _first_member(union: Any, convert: Callable[[Any], Any], error: str) -> Any:
+    """``convert`` by the first non-None member type of ``union`` that accepts the value."""
+    for arg in typing.get_args(union):
+        if arg is type(None):
+            continue
+        try:
+            return convert(arg)
+        except ValueError:
+            pass
+    raise ValueError(error)
+
+
 def parse_value(text: str, tp: Any) -> Any:
     """Parse command-line text as a value of the annotated type ``tp``.
 
@@ -110,17 +177,9 @@ def parse_value(text: str, tp: Any) -> Any:
             return None
         raise ValueError("expected none")
     if _is_union(tp):
-        args = typing.get_args(tp)
-        if type(None) in args and text.strip().lower() in _NONE:
+        if type(None) in typing.get_args(tp) and text.strip().lower() in _NONE:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return parse_value(text, arg)
-            except ValueError:
-                pass
-        raise ValueError(f"expected {type_name(tp)}")
+        return _first_member(tp, lambda arg: parse_value(text, arg), f"expected {type_name(tp)}")
     origin = typing.get_origin(tp)
     if origin is Literal:
         for option in typing.get_args(tp):
@@ -183,14 +242,7 @@ def coerce_value(value: Any, tp: Any) -> Any:
             return None
         raise ValueError(f"got null, expected {type_name(tp)}")
     if _is_union(tp):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(value, arg)
-            except ValueError:
-                pass
-        raise ValueError(f"got {value!r}, expected {type_name(tp)}")
+        return _first_member(tp, lambda arg: coerce_value(value, arg), f"got {value!r}, expected {type_name(tp)}")
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -239,27 +291,53 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
 
 
-def config_from_dict(d: Mapping[str, Any], cls: type[C]) -> C:
-    """Build a ``cls`` from a dict of field values; missing fields keep their defaults.
+def _suggest(name: str, cls: type[Any], extra: tuple[str, ...] = ()) -> list[str]:
+    """Field names close to ``name``; an earlier name (alias) that is close suggests its field."""
+    aliases = field_aliases(cls)
+    candidates = [*config_fields(cls), *aliases, *extra]
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return list(dict.fromkeys(aliases.get(c, c) for c in close))
+
+
+def config_from_dict(
+    d: Mapping[str, Any],
+    cls: type[C],
+    base: C | None = None,
+    on_alias: Callable[[str, str], None] | None = None,
+) -> C:
+    """Build a ``cls`` from a dict of field values; missing fields come from ``base`` (default: the class defaults).
+
+    Keys may use a field's earlier name (see ``Config.ALIASES``); ``on_alias(old, new)`` is called for each
+    (default: a ``FutureWarning``).
 
     Raises:
-        ValueError: naming unknown keys, or a key whose value does not fit the field's type.
+        ValueError: naming unknown keys, a field given twice (by its name and an alias), or a key whose value
+            does not fit the field's type.
     """
     hints = config_fields(cls)
-    unknown = [k for k in d if k not in hints]
+    aliases = field_aliases(cls)
+    unknown = [str(k) for k in d if aliases.get(k, k) not in hints]
     if unknown:
-        hint = ""
-        close = difflib.get_close_matches(str(unknown[0]), list(hints), n=3)
-        if close:
-            hint = f" (did you mean {', '.join(close)}?)"
-        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(map(str, unknown))}{hint}")
+        close = _suggest(unknown[0], cls)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}{hint}")
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
+        name = aliases.get(key, key)
+        if name in kwargs:
+            raise ValueError(f"config keys {key!r} and {name!r} both set {name!r}; keep one")
+        if name != key:
+            if on_alias is None:
+                warnings.warn(f"config key {key!r} is an earlier name of {name!r}", FutureWarning, stacklevel=2)
+            else:
+                on_alias(key, name)
         try:
-            kwargs[key] = coerce_value(value, hints[key])
+            kwargs[name] = coerce_value(value, hints[name])
         except ValueError as e:
             raise ValueError(f"config key {key!r}: {e}") from None
-    return cls(**kwargs)
+    if base is None:
+        return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
 
 
 def get_yaml_string(config: Any) -> str:
@@ -362,17 +440,29 @@ def format_help(
         lines.append(f"  --{name}: {type_name(tp)} = {_format_default(getattr(config, name))}")
         for doc_line in docs.get(name, "").splitlines():
             lines.append(f"      {doc_line}")
+    aliases = field_aliases(cls)
+    if aliases:
+        lines += ["", "earlier names (accepted on the command line and in YAML, with a note):"]
+        lines += [f"  --{old} -> --{new}" for old, new in sorted(aliases.items())]
     return "\n".join(lines) + "\n"
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
 
 
 def _apply_overrides(config: C, cls: type[C], overrides: list[tuple[str, str | None]]) -> C:
     hints = config_fields(cls)
+    aliases = field_aliases(cls)
     values: dict[str, Any] = {}
-    for name, text in overrides:
+    for given, text in overrides:
+        name = aliases.get(given, given)
         if name not in hints:
-            close = difflib.get_close_matches(name, list(hints) + list(_SPECIAL_OPTIONS), n=3, cutoff=0.6)
+            close = _suggest(given, cls, _SPECIAL_OPTIONS)
             hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help"
-            raise _CLIError(f"unknown option --{name}{hint}")
+            raise _CLIError(f"unknown option --{given}{hint}")
+        if name != given:
+            _note(f"--{given} is an earlier name of --{name}")
         tp = hints[name]
         if text is None:
             if tp is bool or (_is_union(tp) and bool in typing.get_args(tp)):
@@ -474,7 +564,7 @@ def parse_config(
 
         config = _apply_overrides(base, cls, overrides)
         validate = getattr(config, "validate", None)
-        if callable(validate):
+        if callable(validate) and not isinstance(config, Config):  # a Config checked itself when it was built
             try:
                 validate()
             except ValueError as e:

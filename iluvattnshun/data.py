@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from iluvattnshun.prompter import Prompter, dataset_arrays
+from iluvattnshun.datasets import dataset_arrays
+from iluvattnshun.prompter import Prompter
 
 T = TypeVar("T")
 
@@ -216,7 +217,7 @@ class StreamingDataset(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]
         """Args:
         prompter: generates examples with ``get_prompts``.
         batch_size: rows per batch.
-        seed: stream seed (default: the prompter's seed).
+        seed: stream seed (default: the prompter's ``data_seed``).
         rank, world_size: this process's rank.
         batches_per_call: batches generated per ``get_prompts`` call (vectorised generators are faster
             on bigger blocks); 0 picks enough for about 4096 examples.
@@ -228,7 +229,7 @@ class StreamingDataset(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.prompter = prompter
         self.batch_size = batch_size
-        self.seed = prompter.seed if seed is None else seed
+        self.seed = prompter.config.data_seed if seed is None else seed
         self.rank = rank
         self.world_size = world_size
         self.batches_per_call = batches_per_call or max(1, 4096 // batch_size)

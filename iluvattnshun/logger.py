@@ -16,6 +16,8 @@ from typing import Any, Mapping, TextIO
 import numpy as np
 import torch
 
+from iluvattnshun.files import atomic_write
+
 _RESET = "\x1b[0m"
 _BOLD = "\x1b[1m"
 _DIM = "\x1b[2m"
@@ -104,6 +106,7 @@ class Logger:
         self._last_log: dict[str, tuple[float, int]] = {}
         os.makedirs(self.log_dir, exist_ok=True)
         self.writer: Any = SummaryWriter(self.log_dir, purge_step=purge_step)
+        self.enabled = True  # False for NullLogger
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
@@ -120,6 +123,8 @@ class Logger:
 
     def should_log(self, mode: str) -> bool:
         """Whether ``log_every_n_seconds`` has passed since the last ``mode`` frame (always true the first time)."""
+        if not self.enabled:
+            return False
         last = self._last_log.get(mode)
         return last is None or time.time() - last[0] >= self.log_every_n_seconds
 
@@ -145,7 +150,7 @@ class Logger:
         Returns:
             True if logged, False if throttled.
         """
-        if not force and not self.should_log(mode):
+        if not self.enabled or (not force and not self.should_log(mode)):
             return False
         now = time.time()
         last = self._last_log.get(mode)
@@ -195,18 +200,18 @@ class Logger:
 
     def log_text(self, name: str, text: str, save_to_file: bool = True, to_console: bool = False) -> None:
         """Log text to TensorBoard and, if ``save_to_file``, write it to ``<log_dir>/<name>`` atomically."""
+        if not self.enabled:
+            return
         self.writer.add_text(name, _as_markdown_code(text))
         if save_to_file:
-            path = os.path.join(self.log_dir, name)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            atomic_write(os.path.join(self.log_dir, name), text)
         if to_console:
             self.notice(name, text)
 
     def notice(self, title: str, text: str = "") -> None:
         """Print a titled text frame to the console only (notices such as 'saved checkpoint')."""
+        if not self.enabled:
+            return
         lines = [self._c(_BOLD + _COLORS["text"], title)]
         if text:
             lines.extend(text.splitlines())
@@ -218,6 +223,8 @@ class Logger:
         Raises:
             ValueError: for another shape or dtype.
         """
+        if not self.enabled:
+            return
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or array.dtype != np.uint8:
             raise ValueError(f"log_image expects an (H, W, 1|3|4) uint8 image, got {array.shape} {array.dtype}")
@@ -228,6 +235,8 @@ class Logger:
 
         Final metrics are stored under ``final/<name>`` so that they do not add points to the regular curves.
         """
+        if not self.enabled:
+            return
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         flat: dict[str, float] = {}
         for name, value in final_metrics.items():
@@ -239,59 +248,18 @@ class Logger:
                 flat[f"final/{name}"] = float(value)
         self.writer.add_hparams(hp, flat, run_name=".")
 
-    def flush(self) -> None:
-        """Flush TensorBoard events to disk."""
-        self.writer.flush()
-
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
-        self.writer.close()
+        if self.enabled:
+            self.writer.close()
 
 
 class NullLogger(Logger):
     """A logger that records nothing (non-zero ranks, and a trainer before ``run()``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.log_dir = ""
-        self.precision = 4
+    def __init__(self) -> None:  # no directory, no writer: every method returns at its ``enabled`` check
+        self.enabled = False
         self.log_every_n_seconds = math.inf
-        self.run_name = ""
-        self.stream = sys.stdout
-        self.color = False
-        self.start_time = time.time()
-        self._last_log = {}
-        self.writer = None
-
-    def should_log(self, mode: str) -> bool:
-        return False
-
-    def log_metrics(
-        self,
-        metrics: Mapping[str, MetricValue],
-        mode: str,
-        step: int,
-        header: Mapping[str, Any] | None = None,
-        force: bool = False,
-    ) -> bool:
-        return False
-
-    def log_text(self, name: str, text: str, save_to_file: bool = True, to_console: bool = False) -> None:
-        pass
-
-    def notice(self, title: str, text: str = "") -> None:
-        pass
-
-    def log_image(self, tag: str, image: "np.ndarray[Any, Any] | torch.Tensor", step: int) -> None:
-        pass
-
-    def log_hparams(self, hparams: Mapping[str, Any], final_metrics: Mapping[str, Any]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _as_markdown_code(text: str) -> str:

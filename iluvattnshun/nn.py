@@ -25,11 +25,14 @@ any of them (activation patching). With no hooks installed the model takes its f
 import contextlib
 import difflib
 import math
-from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+ORIGINAL_NAMES = {"d_model": "dim_model", "n_heads": "num_heads", "n_layers": "num_layers"}
+"""The constructor's original argument names and the current ones (the names of the command line and configs)."""
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 """A hook receives an activation and its name; returning a tensor replaces the activation."""
@@ -92,22 +95,16 @@ class KVCache:
     The cache is mutated in place by the model; use ``clone()`` to branch from a shared prefix.
     """
 
-    def __init__(self, n_layers: int, capacity: int) -> None:
+    def __init__(self, num_layers: int, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"KVCache capacity must be >= 1, got {capacity}")
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
         self.capacity = capacity
         self.length = 0
 
     def __len__(self) -> int:
         return self.length
-
-    @property
-    def batch_size(self) -> int | None:
-        """Batch size of the stored keys, or None before the first write."""
-        k = self.keys[0]
-        return None if k is None else k.shape[0]
 
     def reserve(self, length: int) -> None:
         """Make room for ``length`` positions, doubling the capacity as often as needed."""
@@ -172,15 +169,18 @@ class _Hookable(nn.Module):
 class Attention(_Hookable):
     """Multi-head causal self-attention with RoPE and an optional KV cache."""
 
-    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0, bias: bool = True) -> None:
+    def __init__(
+        self, dim_model: int, num_heads: int, rope_base: float = 10000.0, bias: bool = True, layer_idx: int = 0
+    ) -> None:
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # one matmul for q, k and v
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.layer_idx = layer_idx  # which layer of a KVCache this module reads and writes
+        if dim_model % num_heads != 0:
+            raise ValueError(f"dim_model ({dim_model}) must be divisible by num_heads ({num_heads})")
+        self.dim_model = dim_model
+        self.num_heads = num_heads
+        self.head_dim = dim_model // num_heads
+        self.qkv_proj = nn.Linear(dim_model, 3 * dim_model, bias=bias)  # one matmul for q, k and v
+        self.out_proj = nn.Linear(dim_model, dim_model, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, rope_base)
 
     def forward(
@@ -188,7 +188,6 @@ class Attention(_Hookable):
         x: torch.Tensor,
         *,
         kv_cache: KVCache | None = None,
-        layer_idx: int = 0,
         key_padding_mask: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         return_attn_weights: bool = False,
@@ -197,8 +196,8 @@ class Attention(_Hookable):
 
         Args:
             x: (B, T, C) input of the new tokens.
-            kv_cache: keys/values of earlier positions; the new ones are written into it at ``kv_cache.length``.
-            layer_idx: which layer of ``kv_cache`` this module owns.
+            kv_cache: keys/values of earlier positions; the new ones are written into its layer ``layer_idx`` at
+                ``kv_cache.length``.
             key_padding_mask: (B, S) with True at keys to ignore (S counts cached and new positions).
             attn_mask: a precomputed (B or 1, 1, T, S) boolean mask, True = may attend (the model builds it once
                 for all layers); built here from the other arguments when None.
@@ -209,12 +208,12 @@ class Attention(_Hookable):
         """
         B, T, C = x.shape
         offset = kv_cache.length if kv_cache is not None else 0
-        qkv = self.qkv_proj(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        qkv = self.qkv_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         qk, v = qkv.split([2, 1])  # (2, B, H, T, D), (1, B, H, T, D)
         q, k = self.rotary(qk, offset=offset).unbind(0)  # one rotation for q and k together
         q, k, v = self._hook("q", q), self._hook("k", k), self._hook("v", v[0])
         if kv_cache is not None:
-            k, v = kv_cache.write(layer_idx, k, v)  # (B, H, S, D)
+            k, v = kv_cache.write(self.layer_idx, k, v)  # (B, H, S, D)
         S = k.shape[2]
 
         if attn_mask is None:
@@ -269,10 +268,10 @@ def causal_mask(
 class MLP(_Hookable):
     """Position-wise feed-forward: C -> 4C -> C with GELU."""
 
-    def __init__(self, d_model: int, bias: bool = True) -> None:
+    def __init__(self, dim_model: int, bias: bool = True) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(d_model, 4 * d_model, bias=bias)
-        self.fc_out = nn.Linear(4 * d_model, d_model, bias=bias)
+        self.fc_in = nn.Linear(dim_model, 4 * dim_model, bias=bias)
+        self.fc_out = nn.Linear(4 * dim_model, dim_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self._hook("hidden", F.gelu(self.fc_in(x)))  # (B, T, 4C)
@@ -284,40 +283,30 @@ class TransformerLayer(_Hookable):
 
     def __init__(
         self,
-        d_model: int,
-        n_heads: int,
+        dim_model: int,
+        num_heads: int,
         rope_base: float = 10000.0,
         dropout_attn: float = 0.1,
         dropout_mlp: float = 0.1,
         bias: bool = True,
+        layer_idx: int = 0,
     ) -> None:
         super().__init__()
-        self.norm_attn = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, rope_base, bias=bias)
+        self.norm_attn = nn.LayerNorm(dim_model)
+        self.attn = Attention(dim_model, num_heads, rope_base, bias=bias, layer_idx=layer_idx)
         self.dropout_attn = nn.Dropout(dropout_attn)
-        self.norm_mlp = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, bias=bias)
+        self.norm_mlp = nn.LayerNorm(dim_model)
+        self.mlp = MLP(dim_model, bias=bias)
         self.dropout_mlp = nn.Dropout(dropout_mlp)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        kv_cache: KVCache | None = None,
-        layer_idx: int = 0,
-        key_padding_mask: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        return_attn_weights: bool = False,
+        self, x: torch.Tensor, kv_cache: KVCache | None, attn_mask: torch.Tensor | None, return_attn_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (residual stream (B, T, C), attention weights or None)."""
+        """Returns (residual stream (B, T, C), attention weights or None); the arguments are ``Attention``'s
+        (``attn_mask`` is the model's mask, padding included, built once for all layers)."""
         x = self._hook("resid_pre", x)
         attn_out, weights = self.attn(
-            self.norm_attn(x),
-            kv_cache=kv_cache,
-            layer_idx=layer_idx,
-            key_padding_mask=key_padding_mask,
-            attn_mask=attn_mask,
-            return_attn_weights=return_attn_weights,
+            self.norm_attn(x), kv_cache=kv_cache, attn_mask=attn_mask, return_attn_weights=return_attn_weights
         )
         x = self._hook("resid_mid", x + self.dropout_attn(attn_out))
         x = x + self.dropout_mlp(self.mlp(self.norm_mlp(x)))
@@ -334,7 +323,7 @@ class ModelOutput(NamedTuple):
     attn_weights: list[torch.Tensor]
     """Per layer (B, H, T, S) when ``return_attn_weights`` (else empty)."""
     xs: list[torch.Tensor]
-    """Residual stream after the embedding and after every layer (n_layers + 1 entries) when ``return_xs``."""
+    """Residual stream after the embedding and after every layer (num_layers + 1 entries) when ``return_xs``."""
 
 
 class MultilayerTransformer(_Hookable):
@@ -344,40 +333,61 @@ class MultilayerTransformer(_Hookable):
     growing norm reaches the unembedding unnormalised); untied input embedding and output projection (with
     vocabularies of a few dozen symbols tying saves nothing and entangles the two roles that interpretability
     work wants to read separately; ``tie_weights=True`` ties them). Initialisation follows GPT-2: N(0, 0.02),
-    with the projections that write into the residual stream scaled by 1/sqrt(2 * n_layers).
+    with the projections that write into the residual stream scaled by 1/sqrt(2 * num_layers).
     """
 
     def __init__(
         self,
         vocab_size: int,
-        d_model: int = 512,
-        n_heads: int = 8,
-        n_layers: int = 12,
+        dim_model: int = 512,
+        num_heads: int = 8,
+        num_layers: int = 12,
         rope_base: float = 10000.0,
         dropout_attn: float = 0.1,
         dropout_mlp: float = 0.1,
         dropout_emb: float = 0.1,
         bias: bool = True,
         tie_weights: bool = False,
+        **original_names: int,
     ) -> None:
+        """Args are ``ModelConfig``'s fields; the original names ``d_model``, ``n_heads`` and ``n_layers`` are
+        accepted for ``dim_model``, ``num_heads`` and ``num_layers``."""
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads)):
+        sizes = {"dim_model": dim_model, "num_heads": num_heads, "num_layers": num_layers}
+        for old, value in original_names.items():
+            if old not in ORIGINAL_NAMES:
+                raise TypeError(f"MultilayerTransformer got an unexpected keyword argument {old!r}")
+            sizes[ORIGINAL_NAMES[old]] = value
+        dim_model, num_heads, num_layers = sizes["dim_model"], sizes["num_heads"], sizes["num_layers"]
+        # The constructor arguments: MultilayerTransformer(**model.init_kwargs) builds the same architecture.
+        self.init_kwargs: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            **sizes,
+            "rope_base": rope_base,
+            "dropout_attn": dropout_attn,
+            "dropout_mlp": dropout_mlp,
+            "dropout_emb": dropout_emb,
+            "bias": bias,
+            "tie_weights": tie_weights,
+        }
+        for name, value in (("vocab_size", vocab_size), ("dim_model", dim_model), ("num_heads", num_heads)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
         self.vocab_size = vocab_size
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.n_layers = n_layers
-        self.head_dim = d_model // n_heads
-        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        self.dim_model = dim_model
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.head_dim = dim_model // num_heads
+        self.token_embedding = nn.Embedding(vocab_size, dim_model)
         self.dropout_emb = nn.Dropout(dropout_emb)
         self.layers = nn.ModuleList(
-            TransformerLayer(d_model, n_heads, rope_base, dropout_attn, dropout_mlp, bias=bias) for _ in range(n_layers)
+            TransformerLayer(dim_model, num_heads, rope_base, dropout_attn, dropout_mlp, bias=bias, layer_idx=i)
+            for i in range(num_layers)
         )
-        self.final_norm = nn.LayerNorm(d_model)
-        self.unembed = nn.Linear(d_model, vocab_size, bias=False)
+        self.final_norm = nn.LayerNorm(dim_model)
+        self.unembed = nn.Linear(dim_model, vocab_size, bias=False)
         if tie_weights:
             self.unembed.weight = self.token_embedding.weight
         self._init_weights()
@@ -390,7 +400,7 @@ class MultilayerTransformer(_Hookable):
         self._names = self._list_activation_names()
 
     def _init_weights(self) -> None:
-        residual_std = 0.02 / math.sqrt(2 * max(self.n_layers, 1))
+        residual_std = 0.02 / math.sqrt(2 * max(self.num_layers, 1))
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue  # LayerNorm weights/biases and linear biases keep PyTorch's defaults (ones / zeros)
@@ -432,7 +442,7 @@ class MultilayerTransformer(_Hookable):
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(x.shape)}")
         B, T = x.shape
         if kv_cache is None and return_new_kv_cache:
-            kv_cache = KVCache(self.n_layers, T)
+            kv_cache = KVCache(self.num_layers, T)
         offset = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
             kv_cache.reserve(offset + T)
@@ -441,15 +451,8 @@ class MultilayerTransformer(_Hookable):
         h = self._hook("embed", self.dropout_emb(self.token_embedding(x)))  # (B, T, C)
         xs = [h] if return_xs else []
         attn_weights: list[torch.Tensor] = []
-        for i, layer in enumerate(self.layers):
-            h, weights = layer(
-                h,
-                kv_cache=kv_cache,
-                layer_idx=i,
-                key_padding_mask=key_padding_mask,
-                attn_mask=attn_mask,
-                return_attn_weights=return_attn_weights,
-            )
+        for layer in self.layers:
+            h, weights = layer(h, kv_cache, attn_mask, return_attn_weights)
             if return_attn_weights and weights is not None:
                 attn_weights.append(weights)
             if return_xs:
@@ -463,7 +466,7 @@ class MultilayerTransformer(_Hookable):
 
     def new_kv_cache(self, capacity: int) -> KVCache:
         """An empty cache with room for ``capacity`` positions (it grows if exceeded)."""
-        return KVCache(self.n_layers, capacity)
+        return KVCache(self.num_layers, capacity)
 
     @torch.no_grad()
     def generate(
@@ -522,7 +525,7 @@ class MultilayerTransformer(_Hookable):
 
     def _list_activation_names(self) -> list[str]:
         names = ["embed"]
-        for i in range(self.n_layers):
+        for i in range(self.num_layers):
             p = f"layers.{i}."
             names += [p + "resid_pre"]
             names += [p + f"attn.{n}" for n in ("q", "k", "v", "weights", "z", "out")]
@@ -615,5 +618,5 @@ def flops_per_token(model: MultilayerTransformer, seq_len: int, training: bool =
     for a forward pass. N counts matmul weights only (embedding lookups are free); the attention term counts
     the full T x T square, as the convention does, not the causal half."""
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    forward = 2 * matmul_params + 2 * 2 * model.n_layers * seq_len * model.d_model
+    forward = 2 * matmul_params + 2 * 2 * model.num_layers * seq_len * model.dim_model
     return float(forward * (3 if training else 1))

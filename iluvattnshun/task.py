@@ -1,84 +1,43 @@
 """A ready trainer for prompt tasks: a Prompter's aligned (prompt, answer) pairs, a RoPE transformer, per-depth metrics.
 
-A synthetic task (see ``examples/var_rename``) is a config class, a ``Prompter`` and a few lines::
+A synthetic task (see ``examples/var_rename``) is a config class, a ``Prompter`` and presets::
 
     @dataclass(kw_only=True)
     class MyConfig(PromptTaskConfig):
+        TASK = "my_task"              # logs/my_task, data/my_task
         num_things: int = 3
         def data_hash_params(self) -> list[str]:
             return ["num_things"]
 
-    class MyTrainer(PromptTaskTrainer[MyConfig]):
-        def get_prompter(self) -> Prompter[MyConfig]:
-            return MyPrompter(self.config)
+    class MyPrompter(Prompter[MyConfig]):
+        ...
+
+    if __name__ == "__main__":
+        main(MyPrompter, {"quick": lambda: MyConfig(max_steps=2000)})
 
 The model reads the prompt and, at every position, predicts the answer character aligned with it (the mask
 character marks positions without a target, which the loss ignores). Every hook of ``Trainer`` can still be
-overridden.
+overridden in a subclass of ``PromptTaskTrainer``.
 """
 
-import math
-from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Generic, Iterable, Literal, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
+import datasets
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from iluvattnshun import distributed as tdist
+from iluvattnshun.config import parse_config
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader
+from iluvattnshun.datasets import dataset_arrays, dataset_meta, make_dataset
+from iluvattnshun.model_config import ModelConfig, build_model
 from iluvattnshun.nn import MultilayerTransformer
-from iluvattnshun.prompter import Prompter, PromptConfig, dataset_arrays, leakage_stats
-from iluvattnshun.trainer import Trainer, TrainerConfig
+from iluvattnshun.optim import OptimConfig
+from iluvattnshun.prompter import PromptConfig, Prompter
+from iluvattnshun.trainer import Trainer, TrainerConfig, run_from_command_line
 from iluvattnshun.viz import attention_image
-
-
-@dataclass(kw_only=True)
-class ModelConfig:
-    """Shape of the RoPE transformer."""
-
-    num_layers: int = 4
-    """Number of transformer layers."""
-    dim_model: int = 128
-    """Width of the residual stream."""
-    num_heads: int = 4
-    """Attention heads per layer (dim_model must be divisible by it)."""
-    rope_base: float = 10000.0
-    """RoPE base: smaller values rotate faster and favour local attention."""
-    dropout_attn: float = 0.0
-    """Dropout on each attention block's output."""
-    dropout_mlp: float = 0.0
-    """Dropout on each MLP block's output."""
-    dropout_emb: float = 0.0
-    """Dropout on the token embeddings."""
-    tie_weights: bool = False
-    """Use the token embedding as the output projection (a predicted token and the same token read as input
-    then share one direction in the residual stream)."""
-
-
-@dataclass(kw_only=True)
-class OptimConfig:
-    """AdamW with linear warmup and an optional decay."""
-
-    lr: float = 1e-3
-    """Peak learning rate."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (applied to matrices only, not to norms, biases or embeddings)."""
-    beta2: float = 0.99
-    """AdamW beta2."""
-    warmup_steps: int = 100
-    """Steps of linear warmup from warmup_start_factor * lr to lr."""
-    warmup_start_factor: float = 0.01
-    """Learning-rate factor at step 0 of the warmup."""
-    lr_decay: Literal["none", "cosine", "linear"] = "none"
-    """Decay after warmup, down to min_lr_factor * lr at lr_decay_steps (or max_steps)."""
-    lr_decay_steps: int | None = None
-    """Step at which the decay ends (none: max_steps)."""
-    min_lr_factor: float = 0.1
-    """Learning-rate factor at the end of the decay."""
 
 
 @dataclass(kw_only=True)
@@ -87,77 +46,20 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
 
     streaming: bool = False
     """Train on an endless stream of fresh examples instead of the cached train split."""
-    dedup_test: bool = False
-    """Remove test prompts that also occur in the train split."""
     num_workers: int = 0
     """DataLoader worker processes for streaming generation (0: generate in the training process)."""
     val_batch_size: int | None = None
     """Validation batch size (none: batch_size)."""
 
     def validate(self) -> None:
-        """Check trainer, model and optimiser fields; raises ValueError naming the first bad one."""
         super().validate()
-        for name in ("num_layers", "dim_model", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim_model % self.num_heads:
-            raise ValueError(f"dim_model ({self.dim_model}) must be divisible by num_heads ({self.num_heads})")
-        if (self.dim_model // self.num_heads) % 2:
-            raise ValueError(f"dim_model / num_heads must be even for RoPE, got {self.dim_model // self.num_heads}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_decay != "none" and self.lr_decay_steps is None and self.max_steps is None:
-            raise ValueError(f"lr_decay={self.lr_decay} needs lr_decay_steps or max_steps to know where to end")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ValueError(f"val_batch_size must be >= 1, got {self.val_batch_size}")
 
 
 C = TypeVar("C", bound=PromptTaskConfig)
-
-
-def build_model(vocab_size: int, config: ModelConfig) -> MultilayerTransformer:
-    """The RoPE transformer a ``ModelConfig`` describes."""
-    return MultilayerTransformer(
-        vocab_size,
-        d_model=config.dim_model,
-        n_heads=config.num_heads,
-        n_layers=config.num_layers,
-        rope_base=config.rope_base,
-        dropout_attn=config.dropout_attn,
-        dropout_mlp=config.dropout_mlp,
-        dropout_emb=config.dropout_emb,
-        tie_weights=config.tie_weights,
-    )
-
-
-def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> Optimizer:
-    """AdamW with weight decay on matrices only (not on norms, biases or embeddings); fused on CUDA."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
-    no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=device.type == "cuda")
-
-
-def build_scheduler(optimizer: Optimizer, config: OptimConfig, max_steps: int | None) -> LRScheduler:
-    """Per-step ``lr_factor`` schedule (warmup, then constant or decay)."""
-    return LambdaLR(optimizer, lambda step: lr_factor(step, config, max_steps))
-
-
-def lr_factor(step: int, config: OptimConfig, max_steps: int | None) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup, then constant, cosine or linear decay."""
-    if step < config.warmup_steps:
-        return config.warmup_start_factor + (1 - config.warmup_start_factor) * step / config.warmup_steps
-    end = config.lr_decay_steps or max_steps
-    if config.lr_decay == "none" or end is None or end <= config.warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - config.warmup_steps) / (end - config.warmup_steps))
-    if config.lr_decay == "cosine":
-        shape = 0.5 * (1 + math.cos(math.pi * progress))
-    else:
-        shape = 1 - progress
-    return config.min_lr_factor + (1 - config.min_lr_factor) * shape
 
 
 def marker_line(pred: str, answer: str, mask_char: str) -> str:
@@ -166,60 +68,43 @@ def marker_line(pred: str, answer: str, mask_char: str) -> str:
 
 
 class PromptTaskTrainer(Trainer[C], Generic[C]):
-    """Trains a ``MultilayerTransformer`` on a ``Prompter``'s aligned answers; subclasses give ``get_prompter``."""
+    """Trains a ``MultilayerTransformer`` on a ``Prompter``'s aligned answers: ``PromptTaskTrainer(prompter).run()``."""
 
     DEPTH_COLUMN: str = "depth"
     """Metadata column whose values split the accuracy (``acc_per_depth/<d>``); absent columns are skipped."""
 
-    prompter: Prompter[Any]
+    dataset: datasets.DatasetDict
+    """The cached dataset (from ``setup``)."""
 
-    @abstractmethod
-    def get_prompter(self) -> Prompter[Any]:
-        """The task's prompter, built from ``self.config``."""
+    def __init__(self, prompter: Prompter[C]) -> None:
+        """Args:
+        prompter: the task; its config is the run's config.
+        """
+        self.prompter = prompter
+        super().__init__(prompter.config)
 
     def init_state(self) -> None:
-        self.prompter = self.get_prompter()
-        self._dataset: Any = None
         self._depth_hits: torch.Tensor | None = None  # per-depth counts of the evaluation in progress
         self._depth_totals: torch.Tensor | None = None
-
-    # --- model and optimiser --------------------------------------------------------------------------
 
     def get_model(self) -> nn.Module:
         return build_model(self.prompter.vocab_size, self.config)
 
-    def get_optimizer(self, model: nn.Module) -> Optimizer:
-        return build_optimizer(model, self.config, self.device)
-
-    def get_scheduler(self, optimizer: Optimizer) -> LRScheduler | None:
-        return build_scheduler(optimizer, self.config, self.config.max_steps)
-
     # --- data -----------------------------------------------------------------------------------------
 
-    @property
-    def dataset(self) -> Any:
-        """The cached ``DatasetDict`` (built on first use; rank 0 generates, the others then load it)."""
-        if self._dataset is None:
-            c = self.config
-            if self.rank != 0:
-                tdist.barrier()  # wait until rank 0 has generated and saved it; then load the cache
-            self._dataset = self.prompter.make_dataset(
-                c.dataset_path,
-                c.train_size,
-                c.test_size,
-                seed=c.data_seed,
-                dedup_test=c.dedup_test,
-                progress=self.is_main,
-            )
-            if self.rank == 0:
-                tdist.barrier()
-        return self._dataset
+    def setup(self) -> None:
+        """Build (rank 0) or load (the other ranks, once it exists) the cached dataset."""
+        if self.rank != 0:
+            tdist.barrier()  # wait until rank 0 has generated and saved it; then load the cache
+        self.dataset = make_dataset(self.prompter, progress=self.is_main)
+        if self.rank == 0:
+            tdist.barrier()
 
     def get_train_dataloader(self) -> Iterable[Any]:
         c = self.config
         if c.streaming:
             stream = StreamingDataset(
-                self.prompter, batch_size=c.batch_size, seed=c.seed, rank=self.rank, world_size=self.world_size
+                self.prompter, batch_size=c.batch_size, rank=self.rank, world_size=self.world_size
             )
             return StreamingLoader(stream, num_workers=c.num_workers, pin_memory=self.device.type == "cuda")
         return ArrayLoader(
@@ -246,10 +131,12 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     def on_run_start(self) -> None:
         if self.config.streaming:
             return
-        stats = leakage_stats(self.dataset)
-        text = "\n".join(f"{k}: {v:,}" for k, v in stats.items())
-        self.logger.log_text("dataset", text, save_to_file=False)
+        stats = dataset_meta(self.prompter).get("leakage", {})
+        self.logger.log_text("dataset", "\n".join(f"{k}: {v:,}" for k, v in stats.items()), save_to_file=False)
         self.logger.log_metrics(dict(stats), "data", 0, force=True)
+
+    def task_classes(self) -> dict[str, type]:
+        return {**super().task_classes(), "prompter": type(self.prompter)}
 
     # --- loss and metrics -----------------------------------------------------------------------------
 
@@ -316,11 +203,10 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         )
 
     def _log_attention(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> None:
-        plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        if not isinstance(plain, MultilayerTransformer):
+        if not isinstance(model, MultilayerTransformer):
             return
         prompt = batch["prompt"].to(self.device)
-        weights = plain(prompt, return_attn_weights=True).attn_weights
+        weights = model(prompt, return_attn_weights=True).attn_weights
         image = attention_image([w[0].float().cpu() for w in weights])
         self.logger.log_image("val/attention", image, self.progress.step)
 
@@ -338,3 +224,22 @@ def _sum_counts(parts: list[torch.Tensor]) -> torch.Tensor:
         out = _add_counts(out, part)
     assert out is not None
     return out
+
+
+def main(
+    prompter_class: type[Prompter[Any]],
+    presets: Mapping[str, Callable[[], PromptTaskConfig]] | None = None,
+    default_preset: str | None = "quick",
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of a prompt task: parse ``--preset`` / ``--config`` / ``--field=value`` and train.
+
+    Args:
+        prompter_class: the task's prompter; its config class is the one parsed.
+        presets: named base configs; ``default_preset`` is used without ``--preset`` (if there are presets).
+        argv: arguments (default ``sys.argv[1:]``).
+    """
+    config_class = prompter_class.config_class()
+    chosen = default_preset if presets and default_preset in presets else None
+    config = parse_config(config_class, argv, presets=presets, default_preset=chosen)
+    run_from_command_line(lambda: PromptTaskTrainer(prompter_class(config)))

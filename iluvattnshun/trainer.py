@@ -33,6 +33,7 @@ import time
 import types
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime
 from typing import Any, Callable, Generic, Iterable, Iterator, Literal, Mapping, TypeVar
 
@@ -44,20 +45,19 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from iluvattnshun import distributed as tdist
+from iluvattnshun import rundir
 from iluvattnshun.checkpoint import (
-    CKPT_PATTERN,
-    checkpoint_name,
     get_rng_state,
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     load_model_state_dict,
+    prune_checkpoints,
+    seed_everything,
     set_rng_state,
 )
 from iluvattnshun.checkpoint import save_checkpoint as write_checkpoint
-from iluvattnshun.config import config_to_dict, get_yaml_string
+from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, parse_config
 from iluvattnshun.logger import Logger, NullLogger, format_duration
-from iluvattnshun.utils import first_tensor, move_to_device, seed_everything
+from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint dict layout written by ``Trainer``."""
@@ -67,8 +67,10 @@ _SYNC_EVERY = 8
 
 
 @dataclass(kw_only=True)
-class TrainerConfig:
+class TrainerConfig(Config):
     """Configuration of the training loop (tasks extend it with their own fields)."""
+
+    TASK_DEFAULTS = {"tensorboard_logdir": "logs/{task}"}
 
     # Budget
     num_epochs: int = 1
@@ -105,8 +107,8 @@ class TrainerConfig:
     """Print and record training metrics at most this often (0: every step)."""
     log_fp: int = 4
     """Decimal places for floats on the console."""
-    tensorboard_logdir: str = "logs/default"
-    """Directory holding this task's run directories (run_<N>_<name>/)."""
+    tensorboard_logdir: str = ""
+    """Directory holding this task's run directories, run_<N>_<name>/ (empty: logs/<task>)."""
     run_name: str = ""
     """Name of the run (its directory is run_<N>_<name>); empty uses a timestamp. With --resume: the run to continue."""
     log_attention_maps: bool = False
@@ -125,7 +127,7 @@ class TrainerConfig:
     """Continue the latest checkpoint of the run directory named by run_name (empty: the newest run)."""
 
     def validate(self) -> None:
-        """Check field values; raises ValueError naming the first bad one."""
+        super().validate()
         if self.num_epochs == 0 or self.num_epochs < -1:
             raise ValueError(f"num_epochs must be >= 1 or -1 (forever), got {self.num_epochs}")
         if self.max_steps is not None and self.max_steps < 0:
@@ -153,6 +155,7 @@ class TrainerConfig:
 
 
 C = TypeVar("C", bound=TrainerConfig)
+T = TypeVar("T")
 
 
 @dataclass
@@ -187,52 +190,6 @@ class _NonFiniteStep(Exception):
     pass
 
 
-def allocate_run_dir(logdir: str, name: str) -> str:
-    """Create and return a fresh ``<logdir>/run_<N>_<name>`` directory, N one above the highest existing.
-
-    ``os.mkdir`` is atomic: of several processes racing for the same directory exactly one succeeds, and the
-    others move on to N+1, so concurrent runs never share a directory.
-    """
-    os.makedirs(logdir, exist_ok=True)
-    pattern = re.compile(r"^run_(\d+)(?:_|$)")
-    numbers = [int(m.group(1)) for entry in os.listdir(logdir) if (m := pattern.match(entry))]
-    n = max(numbers, default=0) + 1
-    for _ in range(10_000):
-        path = os.path.join(logdir, f"run_{n}_{name}" if name else f"run_{n}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            n += 1
-    raise RuntimeError(f"could not allocate a run directory in {logdir!r}")
-
-
-def find_run_dir(logdir: str, run_name: str) -> str:
-    """Locate an existing run directory for ``--resume``.
-
-    ``run_name`` may be a path to the directory, its basename (``run_3_foo``), the name part (``foo``: the
-    highest-numbered ``run_<N>_foo``), or empty (the highest-numbered run in ``logdir``).
-
-    Raises:
-        ValueError: if nothing matches.
-    """
-    if run_name and os.path.isdir(run_name) and os.sep in os.path.normpath(run_name):
-        return os.path.normpath(run_name)
-    if run_name and os.path.isdir(os.path.join(logdir, run_name)):
-        return os.path.join(logdir, run_name)
-    suffix = rf"_{re.escape(run_name)}" if run_name else r"(?:_.*)?"
-    pattern = re.compile(rf"^run_(\d+){suffix}$")
-    entries = os.listdir(logdir) if os.path.isdir(logdir) else []
-    found = sorted(
-        (int(m.group(1)), e) for e in entries if (m := pattern.match(e)) and os.path.isdir(os.path.join(logdir, e))
-    )
-    if not found:
-        runs = sorted(e for e in entries if e.startswith("run_"))
-        listing = ", ".join(runs[-10:]) if runs else "none"
-        raise ValueError(f"--resume: no run directory {run_name!r} under {logdir!r} (existing runs: {listing})")
-    return os.path.join(logdir, found[-1][1])
-
-
 def class_path(cls: type) -> str:
     """``module:QualName`` of a class, naming the real module when it was run with ``python -m``."""
     module = cls.__module__
@@ -241,6 +198,50 @@ def class_path(cls: type) -> str:
         if spec is not None and spec.name:
             module = spec.name
     return f"{module}:{cls.__qualname__}"
+
+
+def run_from_command_line(make_trainer: "Callable[[], Trainer[Any]]") -> None:
+    """Build a trainer and run it as a command-line program: a problem with the input (a ``ValueError`` or a
+    missing file) ends with one ``error: ...`` line and exit status 2."""
+    try:
+        make_trainer().run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def move_to_device(batch: T, device: str | torch.device) -> T:
+    """Move every tensor in a (nested) dict / list / tuple to ``device`` (non-blocking); other leaves stay.
+
+    CPU tensors bound for a GPU are pinned first: a copy from pageable memory makes the host wait for the
+    GPU to finish its queued work (a stream synchronisation per batch), a copy from pinned memory does not.
+    """
+    if isinstance(batch, torch.Tensor):
+        if batch.device.type == "cpu" and torch.device(device).type == "cuda" and not batch.is_pinned():
+            batch = batch.pin_memory()  # type: ignore[assignment]
+        return batch.to(device, non_blocking=True)  # type: ignore[return-value]
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}  # type: ignore[return-value]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def iter_tensors(batch: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a (nested) dict / list / tuple batch, depth first in insertion order."""
+    if isinstance(batch, torch.Tensor):
+        yield batch
+        return
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        yield from iter_tensors(v)
+
+
+def first_tensor(batch: Any) -> torch.Tensor | None:
+    """The first tensor in a (nested) batch, in insertion order, or None."""
+    return next(iter_tensors(batch), None)
 
 
 def batch_size_of(batch: Any) -> int:
@@ -275,14 +276,8 @@ class Trainer(ABC, Generic[C]):
     _log_grad_norm_count: int
 
     def __init__(self, config: C) -> None:
-        """Store the config, seed the RNGs and call ``init_state``; nothing touches the disk before ``run()``.
-
-        Raises:
-            ValueError: if ``config.validate()`` rejects the config.
-        """
-        validate = getattr(config, "validate", None)
-        if callable(validate):
-            validate()
+        """Store the (already validated) config and call ``init_state``; nothing touches the disk or the RNGs
+        before ``run()``."""
         self.config: C = config
         self.rank = tdist.env_rank()
         self.world_size = tdist.env_world_size()
@@ -294,26 +289,61 @@ class Trainer(ABC, Generic[C]):
         self.ckpt_dir: str | None = None
         self.progress = Progress()
         self.last_val_metrics: dict[str, Any] = {}
-        seed_everything(config.seed + self.rank)
         self.init_state()
+
+    @classmethod
+    def config_class(cls) -> type[TrainerConfig]:
+        """The config class this trainer is declared for (``Trainer[TheConfig]``)."""
+        config_class: type[TrainerConfig] = declared_config_class(cls, Trainer)
+        return config_class
+
+    @classmethod
+    def main(
+        cls,
+        presets: Mapping[str, Callable[[], TrainerConfig]] | None = None,
+        default_preset: str | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
+        """The command line of this trainer: ``--help``, ``--preset``, ``--config``, ``--field=value``; then train.
+
+        ``if __name__ == "__main__": MyTrainer.main()`` is all a script needs.
+        """
+        config = parse_config(cls.config_class(), argv, presets=presets, default_preset=default_preset)
+        run_from_command_line(lambda: cls(config))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------------------
     # Hooks
 
     def init_state(self) -> None:
-        """Set up task state (vocabularies, tokenizers, ...); called at the end of ``__init__``."""
+        """Set up cheap task state; called at the end of ``__init__`` (no disk, no RNG: see ``setup``)."""
+
+    def setup(self) -> None:
+        """Load or build the task's data and check the settings that depend on it.
+
+        Called at the start of ``run()``, after the RNGs are seeded and before the run directory exists; raise
+        ``ValueError`` naming the field when the data rules a setting out (the run then stops with nothing
+        created).
+        """
 
     @abstractmethod
     def get_model(self) -> nn.Module:
         """Build the model (the trainer moves it to the device, compiles and wraps it)."""
 
-    @abstractmethod
     def get_optimizer(self, model: nn.Module) -> Optimizer:
-        """Build the optimizer over ``model``'s parameters."""
+        """Build the optimizer over ``model``'s parameters (default: the ``OptimConfig`` recipe, when the config
+        is one)."""
+        if not isinstance(self.config, OptimConfig):
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement get_optimizer (its config has no OptimConfig)"
+            )
+        return build_optimizer(model, self.config, self.device)
 
     def get_scheduler(self, optimizer: Optimizer) -> LRScheduler | None:
-        """Optionally build a learning-rate scheduler; it is stepped once per optimizer step."""
-        return None
+        """Optionally build a learning-rate scheduler, stepped once per optimizer step (default: the
+        ``OptimConfig`` schedule when the config is one, else none)."""
+        if not isinstance(self.config, OptimConfig):
+            return None
+        return build_scheduler(optimizer, self.config, self.config.max_steps)
 
     @abstractmethod
     def get_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
@@ -351,6 +381,10 @@ class Trainer(ABC, Generic[C]):
     def on_run_start(self) -> None:
         """Called in ``run()`` once the run directory, logger, model and loaders exist (log dataset stats here)."""
 
+    def task_classes(self) -> dict[str, type]:
+        """The classes that define the task, most specific last, recorded in checkpoints for ``load_run``."""
+        return {"config": type(self.config), "trainer": type(self)}
+
     def num_tokens(self, batch: Any) -> int | None:
         """Tokens in a batch, for tokens/s: by default the size of the first int64 2-D tensor, else None."""
         return _first_token_count(batch)
@@ -384,15 +418,22 @@ class Trainer(ABC, Generic[C]):
         if self.is_main:
             try:
                 if cfg.resume:
-                    run_dir = find_run_dir(cfg.tensorboard_logdir, cfg.run_name)
+                    runs = rundir.matching_runs(cfg.tensorboard_logdir, cfg.run_name)
+                    if not runs:
+                        listing = ", ".join(r.base for r in rundir.list_runs(cfg.tensorboard_logdir)[-10:]) or "none"
+                        raise ValueError(
+                            f"--resume: no run directory {cfg.run_name!r} under {cfg.tensorboard_logdir!r} "
+                            f"(existing runs: {listing})"
+                        )
+                    run_dir = str(runs[0].path)
                     ckpt_dir = cfg.save_model_path or run_dir
-                    found = latest_checkpoint(ckpt_dir)
-                    if found is None:
+                    found = rundir.list_checkpoints(ckpt_dir)
+                    if not found:
                         raise ValueError(f"--resume: {ckpt_dir!r} holds no checkpoint (ckpt_*.pt)")
-                    ckpt = str(found)
+                    ckpt = str(found[-1])
                 else:
                     name = cfg.run_name or datetime.now().strftime("%Y%m%d_%H%M%S")
-                    run_dir = allocate_run_dir(cfg.tensorboard_logdir, name)
+                    run_dir = str(rundir.allocate(cfg.tensorboard_logdir, name).path)
             except (ValueError, OSError) as e:
                 error = str(e)
         run_dir, ckpt, error = tdist.broadcast_object((run_dir, ckpt, error))
@@ -402,21 +443,21 @@ class Trainer(ABC, Generic[C]):
 
     def _write_run_files(self, resumed: bool) -> None:
         assert self.run_dir is not None
-        base = os.path.basename(os.path.normpath(self.run_dir))
-        self.logger.log_text(f"{base}.yaml", get_yaml_string(self._recorded_config))
-        snapshot = os.path.join(self.run_dir, f"{base}.py")
-        if resumed and os.path.exists(snapshot):
+        run = rundir.RunDir(Path(self.run_dir))
+        self.logger.log_text(run.config_path.name, get_yaml_string(self._recorded_config))
+        if resumed and run.script_path.exists():
             return
-        source_file = None
-        try:
-            source_file = inspect.getsourcefile(type(self))
-        except TypeError:
-            pass
+        # The code that defines the task: the script run as `python script.py` when it defines one of the task
+        # classes (load_run then needs it), else the module of the most specific task class.
+        classes = list(self.task_classes().values())
+        main = sys.modules.get("__main__")
+        source_file = getattr(main, "__file__", None) if any(c.__module__ == "__main__" for c in classes) else None
         if source_file is None:
-            source_file = getattr(sys.modules.get("__main__"), "__file__", None)
+            with contextlib.suppress(TypeError):
+                source_file = inspect.getsourcefile(classes[-1])
         if source_file and os.path.isfile(source_file):
             with open(source_file, encoding="utf-8") as f:
-                self.logger.log_text(f"{base}.py", f.read())
+                self.logger.log_text(run.script_path.name, f.read())
 
     def _load_model_weights(self, path: str) -> None:
         state = load_checkpoint(path, map_location="cpu")
@@ -485,12 +526,14 @@ class Trainer(ABC, Generic[C]):
 
     def _run(self) -> None:
         cfg = self.config
+        seed_everything(cfg.seed + self.rank)
+        self.setup()
         self.run_dir, resume_ckpt = self._prepare_run_dir()
         self.ckpt_dir = cfg.save_model_path or self.run_dir
         if self.is_main:
             purge_step = None
-            if resume_ckpt is not None and (m := CKPT_PATTERN.match(os.path.basename(resume_ckpt))):
-                purge_step = int(m.group(1)) + 1  # hide what the interrupted run logged after its checkpoint
+            if resume_ckpt is not None and (step := rundir.checkpoint_step(resume_ckpt)) is not None:
+                purge_step = step + 1  # hide what the interrupted run logged after its checkpoint
             self.logger = Logger(
                 self.run_dir,
                 precision=cfg.log_fp,
@@ -771,7 +814,8 @@ class Trainer(ABC, Generic[C]):
         return bool(tdist.all_reduce_max([local], self.device)[0])
 
     def _raise_lazy_nonfinite(self) -> None:
-        last = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir else None
+        saved = rundir.list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
+        last = saved[-1] if saved else None
         raise NonFiniteLossError(
             f"non-finite loss or gradient norm at or before step {self.progress.step}; the model is no longer "
             f"finite and was not saved (last good checkpoint: {last}). Lower the learning rate, set "
@@ -920,22 +964,17 @@ class Trainer(ABC, Generic[C]):
         rng_states = tdist.all_gather_object(get_rng_state())
         if hasattr(self, "_clock"):
             self._train_time()
-        progress = dataclasses.asdict(self.progress)
         return {
             "format_version": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
+            "model_kwargs": getattr(self.model, "init_kwargs", None),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "progress": progress,
-            "epoch": self.progress.epoch,
-            "step": self.progress.step,
-            "samples_seen": self.progress.samples_seen,
-            "batch_idx": self.progress.batch_idx,
+            "progress": dataclasses.asdict(self.progress),
             "rng": rng_states,
             "world_size": self.world_size,
             "config": get_yaml_string(self._recorded_config),
-            "classes": {"config": class_path(type(self.config)), "trainer": class_path(type(self))},
-            "run_dir": os.path.abspath(self.run_dir) if self.run_dir else None,
+            "classes": {role: class_path(cls) for role, cls in self.task_classes().items()},
             "val_metrics": {k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
         }
 
@@ -945,7 +984,7 @@ class Trainer(ABC, Generic[C]):
         Must be called by every rank of a distributed run at the same step.
         """
         assert self.ckpt_dir is not None
-        path = os.path.join(self.ckpt_dir, checkpoint_name(self.progress.step))
+        path = os.path.join(self.ckpt_dir, rundir.checkpoint_name(self.progress.step))
         self._last_save_time = time.time()
         if self._last_saved_step == self.progress.step and os.path.exists(path):
             return path
@@ -953,10 +992,7 @@ class Trainer(ABC, Generic[C]):
         if self.is_main:
             write_checkpoint(path, state)
             if self.config.overwrite_existing_checkpoints:
-                for old in list_checkpoints(self.ckpt_dir):
-                    if old.name != os.path.basename(path):
-                        with contextlib.suppress(OSError):
-                            old.unlink()
+                prune_checkpoints(self.ckpt_dir, keep_last_n=1)
             self.logger.notice("saved checkpoint", path)
         self._last_saved_step = self.progress.step
         tdist.barrier()
@@ -964,11 +1000,5 @@ class Trainer(ABC, Generic[C]):
 
 
 def _first_token_count(batch: Any) -> int | None:
-    if isinstance(batch, torch.Tensor):
-        return batch.numel() if batch.dtype == torch.int64 and batch.dim() == 2 else None
-    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
-    for v in values:
-        n = _first_token_count(v)
-        if n is not None:
-            return n
-    return None
+    """Elements of the first int64 2-D tensor of a batch (its token ids), or None."""
+    return next((t.numel() for t in iter_tensors(batch) if t.dtype == torch.int64 and t.dim() == 2), None)

@@ -9,7 +9,6 @@ position ``k_len - q_len + i``; keys at positions after a query are the masked f
 import html
 import operator
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -17,6 +16,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
+
+from iluvattnshun.files import atomic_write
 
 AttnLike = np.ndarray | torch.Tensor
 """One layer's attention weights: ``(heads, q, k)``, or ``(1, heads, q, k)``."""
@@ -188,24 +189,14 @@ def get_fig(
                 row=r,
                 col=c,
             )
+            axis = {"type": "category", "tickmode": "array", "tickfont": {"size": font_size}, "showgrid": False}
             fig.update_xaxes(
-                type="category",
-                tickmode="array",
-                tickvals=x_cats,
-                ticktext=x_ticks,
-                tickfont={"size": font_size},
-                showgrid=False,
-                title_text="key" if r == n_rows else None,
-                row=r,
-                col=c,
+                axis, tickvals=x_cats, ticktext=x_ticks, title_text="key" if r == n_rows else None, row=r, col=c
             )
             fig.update_yaxes(
-                type="category",
-                tickmode="array",
+                axis,
                 tickvals=y_cats,
                 ticktext=y_ticks,
-                tickfont={"size": font_size},
-                showgrid=False,
                 autorange="reversed",  # query 0 at the top, as in a matrix
                 title_text="query" if c == 1 else None,
                 row=r,
@@ -228,26 +219,13 @@ def get_fig(
 def save_html(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
     """Writes a figure as one self-contained HTML file (plotly.js embedded; opens without a server).
 
-    The file is written to a temporary name beside ``path`` and renamed into place, so a reader
-    never sees half a file. Parent directories are created.
+    The file is written atomically (a reader never sees half a file); parent directories are created.
 
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text: str = fig.to_html(include_plotlyjs=True, full_html=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, text)
 
 
 def _depth_key(run: str, key: int | str) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench import bench_train as bt
-from examples.var_rename.task import VarRenameTrainer
+from iluvattnshun.task import PromptTaskTrainer
 from examples.var_rename.task import quick as var_rename_quick
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
 
@@ -26,7 +26,7 @@ def tiny_case(tmp_path: Path, warmup: int = 1, steps: int = 3) -> bt.Case:
         train_size=64,
         test_size=16,
     )
-    return bt.Case("tiny", VarRenameTrainer, config, bt.var_rename_loss, 32, warmup=warmup, steps=steps)
+    return bt.Case("tiny", PromptTaskTrainer, config, bt.var_rename_loss, 32, warmup=warmup, steps=steps)
 
 
 class EpochLoader:

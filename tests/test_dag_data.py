@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from checkers import DAG_VOCAB, DagFacts, check_dag, decode, histogram
 
-from examples.dag import DagPromptConfig, DagPrompter
-from iluvattnshun.prompter import dataset_arrays
+from examples.dag import DagConfig, DagPrompter
+from iluvattnshun.datasets import dataset_arrays
 
 GRAPH_FIELDS = (
     "num_nodes",
@@ -36,7 +36,7 @@ DOC_EXAMPLE_PARAMS = {  # the graph of the examples/dag.py docstring: a -> c -> 
 }
 
 
-def _graph_params(cfg: DagPromptConfig) -> dict[str, Any]:
+def _graph_params(cfg: DagConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(cfg).items() if k in GRAPH_FIELDS}
 
 
@@ -91,7 +91,7 @@ def test_checker_accepts_the_doc_example_and_rejects_broken_graphs() -> None:
     ],
 )
 def test_every_example_passes_the_bfs_checker(overrides: dict[str, Any]) -> None:
-    p = DagPrompter(DagPromptConfig(**overrides))
+    p = DagPrompter(DagConfig(**overrides))
     facts = _check_arrays(p, p.get_prompts(np.random.default_rng(0), 300))
     cfg = p.config
     ranks = histogram([f.num_ranks for f in facts], cfg.max_ranks + 1)
@@ -101,7 +101,7 @@ def test_every_example_passes_the_bfs_checker(overrides: dict[str, Any]) -> None
 
 
 def test_spec_example_shape_and_padding() -> None:
-    p = DagPrompter(DagPromptConfig())
+    p = DagPrompter(DagConfig())
     prompt, answer, meta = p.get_prompt(np.random.default_rng(1))
     assert prompt.endswith("?") and answer[:-1] == "." * (len(prompt) - 1) and answer[-1].isdigit()
     cols = p.get_prompts(np.random.default_rng(1), 1)
@@ -112,7 +112,7 @@ def test_spec_example_shape_and_padding() -> None:
 
 
 def test_vocabulary_matches_spec() -> None:
-    p = DagPrompter(DagPromptConfig())
+    p = DagPrompter(DagConfig())
     text = "0123456789abcdefghijklmnopqrstuvwxyz>;.?_"
     assert p.tokenize(text) == [DAG_VOCAB[c] for c in text]
     assert p.vocab_size == 41 and p.mask_token == 38 and p.pad_token == 40
@@ -132,11 +132,11 @@ def test_vocabulary_matches_spec() -> None:
 )
 def test_impossible_configs_fail_at_construction(overrides: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        DagPromptConfig(**overrides)
+        DagConfig(**overrides)
 
 
 def test_dataset_is_padded_and_masked(tmp_path: Path) -> None:
-    p = DagPrompter(DagPromptConfig())
+    p = DagPrompter(DagConfig())
     dsd = p.make_dataset(tmp_path, 300, 30, progress=False)
     arrays = dataset_arrays(dsd["train"])
     assert arrays["prompt"].shape == (300, p.max_seq_len)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.utils.data
 
-from examples.var_rename import VarRenamePromptConfig, VarRenamePrompter
+from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer
-from iluvattnshun.prompter import dataset_arrays
+from iluvattnshun.datasets import dataset_arrays
 
 
 def _ids(loader: ArrayLoader) -> list[int]:
@@ -76,7 +76,7 @@ def test_bad_loader_arguments() -> None:
 
 
 def test_from_dataset_keeps_dtypes_and_rows(tmp_path: Path) -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=2, num_renames=4))
+    p = VarRenamePrompter(VarRenameConfig(num_chains=2, num_renames=4))
     dsd = p.make_dataset(tmp_path, 200, 20, keep_strings=True, progress=False)
     arrays = dataset_arrays(dsd["train"])
     assert set(arrays) == {"prompt", "answer", "depth"}, "string columns are skipped"
@@ -100,7 +100,7 @@ def _rows(batches: list[dict[str, torch.Tensor]]) -> list[bytes]:
 
 
 def test_streaming_workers_and_ranks_never_overlap() -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=3, num_renames=20), seed=7)
+    p = VarRenamePrompter(VarRenameConfig(num_chains=3, num_renames=20, data_seed=7))
     streams = []
     for rank in range(2):
         loader = StreamingLoader(StreamingDataset(p, 16, rank=rank, world_size=2, batches_per_call=2), num_workers=2)
@@ -120,7 +120,7 @@ def test_streaming_workers_and_ranks_never_overlap() -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_streaming_skip_resumes_the_same_stream(workers: int) -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=2, num_renames=6), seed=3)
+    p = VarRenamePrompter(VarRenameConfig(num_chains=2, num_renames=6, data_seed=3))
     loader = StreamingLoader(StreamingDataset(p, batch_size=8, batches_per_call=3), num_workers=workers)
     it = iter(loader)
     full = [next(it) for _ in range(10)]
@@ -133,7 +133,7 @@ def test_streaming_skip_resumes_the_same_stream(workers: int) -> None:
 
 
 def test_stream_differs_from_the_cached_dataset_of_the_same_seed(tmp_path: Path) -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=3, num_renames=20), seed=7)
+    p = VarRenamePrompter(VarRenameConfig(num_chains=3, num_renames=20, data_seed=7))
     dsd = p.make_dataset(tmp_path, 64, 16, progress=False)
     cached = {r.tobytes() for r in dataset_arrays(dsd["train"])["prompt"].astype(np.int64)}
     streamed = _rows([next(iter(StreamingDataset(p, batch_size=64)))])

@@ -51,28 +51,23 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 SCRIPT = """
-import sys
-from examples.var_eval import PRESETS, VarEvalConfig, VarEvalPrompter, VarEvalTrainer
-from iluvattnshun.config import parse_config
+from examples.var_eval import PRESETS, VarEvalPrompter
+from iluvattnshun.task import main
 
 
 class EvenPrompter(VarEvalPrompter):
     pass
 
 
-class MyTrainer(VarEvalTrainer):
-    def get_prompter(self) -> EvenPrompter:
-        return EvenPrompter(self.config, seed=self.config.data_seed)
-
-
 if __name__ == "__main__":
-    MyTrainer(parse_config(VarEvalConfig, sys.argv[1:], presets=PRESETS)).run()
+    main(EvenPrompter, PRESETS)
 """
 
 
-def test_load_run_of_a_plain_script_uses_its_snapshot(tmp_path: Path) -> None:
-    # `python my_task.py` records its trainer as __main__:MyTrainer; in the loading process __main__ is
-    # another module (here pytest), so load_run must rebuild the class from the run's script snapshot.
+def test_load_run_of_a_plain_script_uses_its_snapshot_only_when_trusted(tmp_path: Path) -> None:
+    # `python my_task.py` records its prompter as __main__:EvenPrompter; in the loading process __main__ is
+    # another module (here pytest), so load_run must rebuild the class from the run's script snapshot: code
+    # from the run directory, executed only with trust_code=True.
     script = tmp_path / "my_task.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
@@ -85,9 +80,13 @@ def test_load_run_of_a_plain_script_uses_its_snapshot(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    config, model, prompter, trainer, state, _ = load_run(tmp_path / "logs" / "run_1_script")
-    assert type(trainer).__name__ == "MyTrainer" and type(prompter).__name__ == "EvenPrompter"
-    assert state["step"] == 12 and torch.equal(model.state_dict()["unembed.weight"], state["model"]["unembed.weight"])
+    with pytest.raises(ImportError, match="trust_code=True"):
+        load_run(tmp_path / "logs" / "run_1_script")
+    config, model, prompter, trainer, state, _ = load_run(tmp_path / "logs" / "run_1_script", trust_code=True)
+    assert type(prompter).__name__ == "EvenPrompter" and trainer is None
+    assert state["progress"]["step"] == 12 and torch.equal(
+        model.state_dict()["unembed.weight"], state["model"]["unembed.weight"]
+    )
 
 
 @pytest.mark.parametrize("task", ["var_rename", "var_eval", "dag"])
@@ -110,7 +109,7 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     assert image.width > 0 and image.height > 0 and len(events.Images("val/attention")) == len(tags["val/loss"])
 
     config, model, prompter, trainer, state, path = load_run(run_dir)
-    assert path.name == "ckpt_00000012.pt" and state["step"] == 12
+    assert path.name == "ckpt_00000012.pt" and state["progress"]["step"] == 12
     assert type(config).__name__.lower().startswith(task.replace("_", ""))
     assert config.num_layers == 2 and isinstance(model, MultilayerTransformer) and not model.training
     assert (model.unembed.weight is model.token_embedding.weight) == config.tie_weights  # var_eval's quick ties
@@ -118,8 +117,9 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     prompt, answer, _ = prompter.get_prompt(__import__("numpy").random.default_rng(0))
     logits = model(torch.tensor([prompter.tokenize(prompt)])).logits
     assert logits.shape == (1, len(prompt), prompter.vocab_size)
-    # Reloaded weights are the trained ones, not a fresh initialisation.
-    fresh = trainer.get_model()
+    # Reloaded weights are the trained ones, not a fresh initialisation; no trainer was needed.
+    assert trainer is None
+    fresh = MultilayerTransformer(**state["model_kwargs"])
     assert not torch.equal(fresh.state_dict()["unembed.weight"], model.state_dict()["unembed.weight"])
 
 

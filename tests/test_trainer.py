@@ -16,9 +16,11 @@ import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from toy_task import ToyConfig, ToyTrainer
 
-from iluvattnshun.checkpoint import list_checkpoints, load_checkpoint
+from iluvattnshun.checkpoint import load_checkpoint
+from iluvattnshun.rundir import list_checkpoints
 from iluvattnshun.config import config_from_yaml_string, load_config_from_yaml
-from iluvattnshun.trainer import NonFiniteLossError, allocate_run_dir, find_run_dir
+from iluvattnshun import rundir
+from iluvattnshun.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,8 +118,9 @@ def test_loss_falls_run_dir_tensorboard_checkpoint(tmp_path: Path, capsys: pytes
 
     # checkpoint contents, loadable with weights_only
     state = load_checkpoint(run_dir / "ckpt_00000040.pt")
-    assert state["step"] == 40 and state["samples_seen"] == 40 * 32 and (state["epoch"], state["batch_idx"]) == (4, 8)
-    assert state["progress"]["tokens_seen"] == 40 * 32 * 12
+    progress = state["progress"]
+    assert progress["step"] == 40 and progress["samples_seen"] == 40 * 32 and progress["tokens_seen"] == 40 * 32 * 12
+    assert (progress["epoch"], progress["batch_idx"]) == (4, 8)
     assert state["classes"] == {"config": "toy_task:ToyConfig", "trainer": "toy_task:ToyTrainer"}
     assert state["scheduler"] is not None and len(state["rng"]) == 1
     assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
@@ -131,7 +134,7 @@ def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool,
     kw = dict(loader_skip=loader_skip, grad_accum_steps=grad_accum_steps)
     first = train(make_config(tmp_path, max_steps=11, run_name="split", **kw))
     state = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000011.pt")
-    assert state["batch_idx"] not in (0, 8)  # 8 micro-batches per epoch: the split is mid-epoch
+    assert state["progress"]["batch_idx"] not in (0, 8)  # 8 micro-batches per epoch: the split is mid-epoch
 
     resumed = train(make_config(tmp_path, max_steps=22, resume=True, run_name=first.run_dir, **kw))
     assert resumed.run_dir == first.run_dir
@@ -162,9 +165,9 @@ def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool,
 def test_resume_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no run directory 'nope'"):
         train(make_config(tmp_path, resume=True, run_name="nope"))
-    empty = allocate_run_dir(str(tmp_path / "logs"), "empty")
+    empty = rundir.allocate(tmp_path / "logs", "empty")
     with pytest.raises(ValueError, match="holds no checkpoint"):
-        train(make_config(tmp_path, resume=True, run_name=os.path.basename(empty)))
+        train(make_config(tmp_path, resume=True, run_name=empty.base))
 
 
 def test_load_model_path_and_shape_mismatch(tmp_path: Path) -> None:
@@ -204,7 +207,7 @@ def test_nonfinite_loss_stops_after_saving_last_good_state(tmp_path: Path) -> No
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\).*step 5.*ckpt_00000004.pt"):
         trainer.run()
     state = load_checkpoint(Path(trainer.run_dir or "") / "ckpt_00000004.pt")
-    assert state["step"] == 4
+    assert state["progress"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -270,39 +273,6 @@ def test_val_metrics_weighted_by_batch_size(tmp_path: Path) -> None:
     assert isinstance(metrics["sample"], str) and metrics["val_sequences"] == 40
 
 
-def _allocate(logdir: str, barrier: Any, queue: Any) -> None:
-    barrier.wait()
-    queue.put(allocate_run_dir(logdir, "same"))
-
-
-# fork is safe here: the children only call os.mkdir, no torch thread pools.
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_concurrent_run_dir_allocation(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
-    barrier, queue = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=_allocate, args=(str(tmp_path), barrier, queue)) for _ in range(8)]
-    for p in procs:
-        p.start()
-    dirs = [queue.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    assert len(set(dirs)) == 8
-    assert sorted(os.listdir(tmp_path)) == sorted(f"run_{n}_same" for n in range(1, 9))
-
-
-def test_find_run_dir(tmp_path: Path) -> None:
-    for name in ["a", "b", "a"]:
-        allocate_run_dir(str(tmp_path), name)
-    logdir = str(tmp_path)
-    assert find_run_dir(logdir, "a") == str(tmp_path / "run_3_a")
-    assert find_run_dir(logdir, "run_1_a") == str(tmp_path / "run_1_a")
-    assert find_run_dir(logdir, "") == str(tmp_path / "run_3_a")
-    assert find_run_dir(logdir, str(tmp_path / "run_2_b")) == str(tmp_path / "run_2_b")
-    with pytest.raises(ValueError, match="existing runs: run_1_a, run_2_b, run_3_a"):
-        find_run_dir(logdir, "c")
-
-
 def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     """SIGKILL a real training process; resuming continues from the newest checkpoint, which is intact."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
@@ -331,7 +301,7 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     ckpts = list_checkpoints(run_dir)
     last_step = int(re.findall(r"\d+", ckpts[-1].name)[0])
     for ckpt in ckpts:  # every checkpoint left behind is complete
-        assert load_checkpoint(ckpt)["step"] == int(re.findall(r"\d+", ckpt.name)[0])
+        assert load_checkpoint(ckpt)["progress"]["step"] == int(re.findall(r"\d+", ckpt.name)[0])
 
     target = last_step + 5
     resumed = subprocess.run(
@@ -344,7 +314,7 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {ckpts[-1]} at step {last_step:,}" in resumed.stdout  # lost only unsaved work
-    assert load_checkpoint(run_dir / f"ckpt_{target:08d}.pt")["step"] == target
+    assert load_checkpoint(run_dir / f"ckpt_{target:08d}.pt")["progress"]["step"] == target
     assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
 
 

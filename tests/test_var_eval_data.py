@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from checkers import VAR_EVAL_VOCAB, ChainFacts, check_var_eval, decode, histogram, two_sample_chi2_p
 
-from examples.var_eval import VarEvalPromptConfig, VarEvalPrompter
+from examples.var_eval import VarEvalConfig, VarEvalPrompter
 
 
 def _per_example(p: VarEvalPrompter, n: int, seed: int) -> list[tuple[ChainFacts, str]]:
@@ -56,7 +56,7 @@ def test_spec_example_and_checker_teeth() -> None:
 
 
 def test_vocabulary_matches_spec() -> None:
-    p = VarEvalPrompter(VarEvalPromptConfig())
+    p = VarEvalPrompter(VarEvalConfig())
     text = "0123456789abcdefghijklmnopqrstuvwxyz>;.+"
     assert p.tokenize(text) == [VAR_EVAL_VOCAB[c] for c in text]
     assert p.vocab_size == 40 and p.mask_token == 38
@@ -68,18 +68,18 @@ def test_vocabulary_matches_spec() -> None:
 )
 def test_impossible_configs_fail_at_construction(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        VarEvalPromptConfig(**kwargs)
+        VarEvalConfig(**kwargs)
 
 
 @pytest.mark.parametrize(("num_chains", "num_statements"), [(1, 4), (2, 12), (25, 60)])
 def test_every_example_follows_the_rules(num_chains: int, num_statements: int) -> None:
-    p = VarEvalPrompter(VarEvalPromptConfig(num_chains=num_chains, num_statements=num_statements))
+    p = VarEvalPrompter(VarEvalConfig(num_chains=num_chains, num_statements=num_statements))
     _per_example(p, 200, seed=1)
     _vectorised(p, 500, seed=2)
 
 
 def test_vectorised_and_per_example_have_the_same_distribution() -> None:
-    p = VarEvalPrompter(VarEvalPromptConfig(num_chains=3, num_statements=10))
+    p = VarEvalPrompter(VarEvalConfig(num_chains=3, num_statements=10))
     a = _statistics(_per_example(p, 2500, seed=10), 10)
     b = _statistics(_vectorised(p, 2500, seed=11), 10)
     for name in a:
@@ -90,7 +90,7 @@ def test_vectorised_and_per_example_have_the_same_distribution() -> None:
 
 
 def test_dataset(tmp_path: Path) -> None:
-    p = VarEvalPrompter(VarEvalPromptConfig(num_chains=2, num_statements=5))
+    p = VarEvalPrompter(VarEvalConfig(num_chains=2, num_statements=5))
     dsd = p.make_dataset(tmp_path, 200, 20, keep_strings=True, progress=False)
     assert dsd["train"].features["prompt"].feature.dtype == "uint8"
     for row in dsd["test"].with_format("numpy"):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from test_examples import run_module, tiny_args
 
-from examples.var_eval import VOCAB, VarEvalPromptConfig, VarEvalPrompter
+from examples.var_eval import VOCAB, VarEvalConfig, VarEvalPrompter
 from examples.var_eval_lookup import lookup_report
 
 Rule = Callable[[dict[int, int], int, int, int], int]
@@ -45,14 +45,14 @@ def by_recency(values: dict[int, int], old: int, addend: int, previous: int) -> 
 
 
 def test_a_model_that_is_always_right_scores_one_everywhere() -> None:
-    report = lookup_report(RuleModel(right), VarEvalPrompter(VarEvalPromptConfig()), num_prompts=300)
+    report = lookup_report(RuleModel(right), VarEvalPrompter(VarEvalConfig()), num_prompts=300)
     assert {d for d, _ in report.counts} == {1, 2} and {b for _, b in report.counts} == {1, 2, 3, 4}
     assert all(report.accuracy(*key) == 1.0 for key in report.counts)
     assert report.previous_value == {}
 
 
 def test_a_model_that_looks_up_by_recency_is_right_only_for_the_previous_statement() -> None:
-    report = lookup_report(RuleModel(by_recency), VarEvalPrompter(VarEvalPromptConfig()), num_prompts=300)
+    report = lookup_report(RuleModel(by_recency), VarEvalPrompter(VarEvalConfig()), num_prompts=300)
     for depth in (1, 2):
         assert report.accuracy(depth, 1) == 1.0
         # elsewhere right only when the previous statement's value happens to equal the bound one (~1 in 10)

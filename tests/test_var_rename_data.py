@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from checkers import VAR_RENAME_VOCAB, ChainFacts, check_var_rename, decode, histogram, two_sample_chi2_p
 
-from examples.var_rename import VarRenamePromptConfig, VarRenamePrompter
+from examples.var_rename import VarRenameConfig, VarRenamePrompter
 
 
 def _facts_per_example(prompter: VarRenamePrompter, n: int, seed: int) -> list[ChainFacts]:
@@ -76,7 +76,7 @@ def test_spec_example_passes_and_checker_rejects_broken_examples() -> None:
 
 
 def test_vocabulary_matches_spec() -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig())
+    p = VarRenamePrompter(VarRenameConfig())
     assert p.vocab_size == 39 and p.mask_token == 38
     text = "0123456789abcdefghijklmnopqrstuvwxyz>;."
     assert p.tokenize(text) == [VAR_RENAME_VOCAB[c] for c in text]
@@ -98,25 +98,25 @@ def test_vocabulary_matches_spec() -> None:
 )
 def test_impossible_configs_fail_at_construction(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        VarRenamePromptConfig(**kwargs)
+        VarRenameConfig(**kwargs)
 
 
 @pytest.mark.parametrize(("num_chains", "num_renames"), [(1, 5), (3, 12), (10, 40)])
 def test_every_example_follows_the_rules(num_chains: int, num_renames: int) -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=num_chains, num_renames=num_renames))
+    p = VarRenamePrompter(VarRenameConfig(num_chains=num_chains, num_renames=num_renames))
     _facts_per_example(p, 200, seed=1)
     _facts_vectorised(p, 1000, seed=2)
 
 
 def test_long_prompts_with_wide_depths() -> None:
     # > 256 renames: depths no longer fit a byte, the vectorised path switches representation
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=1, num_renames=300))
+    p = VarRenamePrompter(VarRenameConfig(num_chains=1, num_renames=300))
     facts = _facts_vectorised(p, 20, seed=3)
     assert max(max(f.depths) for f in facts) == 299
 
 
 def test_vectorised_and_per_example_have_the_same_distribution() -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=3, num_renames=12))
+    p = VarRenamePrompter(VarRenameConfig(num_chains=3, num_renames=12))
     per_example = _statistics(_facts_per_example(p, 2500, seed=10), 12)
     vectorised = _statistics(_facts_vectorised(p, 2500, seed=11), 12)
     for name in per_example:
@@ -124,13 +124,13 @@ def test_vectorised_and_per_example_have_the_same_distribution() -> None:
         assert pval > 1e-4, f"{name}: p={pval:.2e}\n{per_example[name]}\n{vectorised[name]}"
     # the test has power: a different task (4 chains) is told apart
     other = _statistics(
-        _facts_vectorised(VarRenamePrompter(VarRenamePromptConfig(num_chains=4, num_renames=12)), 2500, 12), 12
+        _facts_vectorised(VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=12)), 2500, 12), 12
     )
     assert two_sample_chi2_p(per_example["statement_digit"], other["statement_digit"]) < 1e-6
 
 
 def test_uniform_choices() -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=4, num_renames=30))
+    p = VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=30))
     stats = _statistics(_facts_vectorised(p, 3000, seed=5), 30)
     n = stats["statement_digit"][:4]
     expected = np.full(4, n.sum() / 4)
@@ -141,7 +141,7 @@ def test_uniform_choices() -> None:
 
 
 def test_dataset_columns_dtypes_and_rules(tmp_path: Path) -> None:
-    p = VarRenamePrompter(VarRenamePromptConfig(num_chains=2, num_renames=6))
+    p = VarRenamePrompter(VarRenameConfig(num_chains=2, num_renames=6))
     dsd = p.make_dataset(tmp_path, train_size=300, test_size=50, keep_strings=True, progress=False)
     train = dsd["train"].with_format("numpy")
     assert train.column_names == ["prompt", "answer", "depth", "prompt_text", "answer_text"]

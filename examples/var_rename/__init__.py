@@ -1,11 +1,5 @@
-"""Variable renaming task: config, prompter and trainer live in ``task``; ``python -m examples.var_rename`` trains."""
+"""Variable renaming: the config, prompter and presets live in ``task``; ``python -m examples.var_rename`` trains."""
 
-from examples.var_rename.task import (
-    PRESETS,
-    VarRenameConfig,
-    VarRenamePromptConfig,
-    VarRenamePrompter,
-    VarRenameTrainer,
-)
+from examples.var_rename.task import PRESETS, VarRenameConfig, VarRenamePrompter
 
-__all__ = ["PRESETS", "VarRenameConfig", "VarRenamePromptConfig", "VarRenamePrompter", "VarRenameTrainer"]
+__all__ = ["PRESETS", "VarRenameConfig", "VarRenamePrompter"]

@@ -1,6 +1,6 @@
 """python -m examples.var_rename [--preset=quick|paper] [--field=value ...]"""
 
-from examples.var_rename.task import main
+from examples.var_rename.task import PRESETS, VarRenamePrompter
+from iluvattnshun.task import main
 
-if __name__ == "__main__":
-    main()
+main(VarRenamePrompter, PRESETS)

@@ -7,10 +7,6 @@ statement ``old>new;`` picks a chain uniformly and renames its current variable 
 letter ``new`` that is not the current variable of any chain. The binding statements count as renames
 too: a prompt has exactly ``4 * num_renames`` characters (so ``num_renames >= num_chains``).
 
-(Generator version 1 let chains start at random statements instead; with every chain bound up front,
-models escape the depth-1 plateau within about a thousand steps, and it matches the paper's 600-token
-prompts and the example above.)
-
 The answer is aligned with the prompt: at both variable positions of a statement, the chain's
 digit; ``.`` (masked) at ``>`` and ``;``. For the prompt above: ``1.1.0.0.1.1.0.0.0.0.``.
 Metadata ``depth``: the chain's number of renames before this statement, for all 4 characters
@@ -21,34 +17,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iluvattnshun.config import parse_config
-from iluvattnshun.prompter import PromptConfig, Prompter
-from iluvattnshun.task import PromptTaskConfig, PromptTaskTrainer
+from examples.letters import fresh_letter, fresh_letters, vocab
+from iluvattnshun.prompter import Prompter
+from iluvattnshun.task import PromptTaskConfig
 
-# --- data ---------------------------------------------------------------------------------------------
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-VOCAB = "0123456789" + LETTERS + ">;."
+VOCAB = vocab(">;.")
 """Token ids: digits 0-9 -> 0..9, a-z -> 10..35, '>' 36, ';' 37, '.' 38 (mask)."""
 GT, SEMI, MASK = VOCAB.index(">"), VOCAB.index(";"), VOCAB.index(".")
-FIRST_LETTER = VOCAB.index("a")
 
 
 @dataclass(kw_only=True)
-class VarRenamePromptConfig(PromptConfig):
-    """Data parameters of the variable renaming task."""
+class VarRenameConfig(PromptTaskConfig):
+    """Variable renaming: data, model, optimiser and trainer fields (see ``--help``)."""
+
+    TASK = "var_rename"
 
     num_chains: int = 2
     """Number of independent renaming chains (1..10: each starts at a distinct digit)."""
     num_renames: int = 8
     """Rename statements per prompt; a prompt has 4 * num_renames characters."""
-    dataset_path: str = "data/var_rename"
-    """Directory of cached datasets; each lives in a subdirectory named by prompter and data hash."""
 
     def data_hash_params(self) -> list[str]:
         return ["num_chains", "num_renames"]
 
-    def validate_data_params(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         # At most 10 chains also bounds the live letters by 10 < 26, so a fresh letter always exists.
         if not 1 <= self.num_chains <= 10:
             raise ValueError(
@@ -61,7 +54,7 @@ class VarRenamePromptConfig(PromptConfig):
             )
 
 
-class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
+class VarRenamePrompter(Prompter[VarRenameConfig]):
     """Generates variable renaming prompts, one at a time or vectorised over a whole batch."""
 
     VOCAB = VOCAB
@@ -83,8 +76,7 @@ class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
         prompt, answer, depths = [], [], []
         for _ in range(self.config.num_renames):
             c = len(prompt) if len(prompt) < num_chains else int(rng.integers(num_chains))
-            free = [x for x in LETTERS if x not in live]
-            new = free[int(rng.integers(len(free)))]
+            new = fresh_letter(rng, live)
             old = current[c]
             prompt.append(f"{old}>{new};")
             answer.append(f"{values[c]}.{values[c]}.")
@@ -125,12 +117,7 @@ class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
             else:
                 idx = chain_base + rng.integers(0, num_chains, size=n, dtype=np.uint8)  # (n,) chosen chain
             old = current[idx]
-            new = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=n, dtype=np.uint32)
-            retry = np.flatnonzero(live[live_base + new])
-            while retry.size:
-                redraw = rng.integers(FIRST_LETTER, FIRST_LETTER + 26, size=retry.size, dtype=np.uint32)
-                new[retry] = redraw
-                retry = retry[live[live_base[retry] + redraw]]
+            new = fresh_letters(rng, live, live_base, np.uint32)
             live[live_base + old] = False  # old may be the starting digit: never live, harmless
             live[live_base + new] = True
             current[idx] = new
@@ -145,24 +132,6 @@ class VarRenamePrompter(Prompter[VarRenamePromptConfig]):
             "answer": answer.view(np.uint8).reshape(n, length),
             "depth": depth.view(np.uint8).reshape(n, length) if small else np.repeat(depth, 4, axis=1),
         }
-
-
-# --- training -----------------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class VarRenameConfig(VarRenamePromptConfig, PromptTaskConfig):
-    """Variable renaming: data, model, optimiser and trainer fields (see ``--help``)."""
-
-    tensorboard_logdir: str = "logs/var_rename"
-    """Directory holding this task's run directories (run_<N>_<name>/)."""
-
-
-class VarRenameTrainer(PromptTaskTrainer[VarRenameConfig]):
-    """Trains a RoPE transformer to answer every variable with its chain's starting digit."""
-
-    def get_prompter(self) -> VarRenamePrompter:
-        return VarRenamePrompter(self.config, seed=self.config.data_seed)
 
 
 def quick() -> VarRenameConfig:
@@ -212,9 +181,3 @@ def paper() -> VarRenameConfig:
 
 
 PRESETS = {"quick": quick, "paper": paper}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line (``--preset``, ``--field=value``, ``--help``) and train."""
-    config = parse_config(VarRenameConfig, argv, presets=PRESETS, default_preset="quick")
-    VarRenameTrainer(config).run()

@@ -1,0 +1,101 @@
+"""Writing files safely: atomic replacement, and probing that a directory can be written before work starts."""
+
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Callable
+
+Writer = Callable[[IO[bytes]], None]
+"""A function that writes a file's content to a binary file object (e.g. ``lambda f: torch.save(state, f)``)."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open directories; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], content: str | bytes | Writer, *, durable: bool = False) -> Path:
+    """Write ``content`` to ``path`` so that a reader (or a kill at any moment) sees the old file or the new one.
+
+    The content goes to a hidden temporary file beside ``path``, which is then renamed over it. Parent
+    directories are created; the file gets the usual umask permissions.
+
+    Args:
+        path: the file to write.
+        content: text (UTF-8), bytes, or a function writing to a binary file object.
+        durable: fsync the file and its directory, so that the new content also survives a power cut
+            (checkpoints); without it a crash of the machine may leave the old content.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, str):
+                f.write(content.encode("utf-8"))
+            elif isinstance(content, bytes):
+                f.write(content)
+            else:
+                content(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+    return path
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of ``atomic_write``'s temporaries (left behind only by a killed process)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def check_writable(directory: str | os.PathLike[str], what: str) -> None:
+    """Make sure files can be created in ``directory`` (creating it if needed), by writing and removing a probe.
+
+    Directories that this call creates are removed again, so a failed start leaves nothing behind.
+
+    Args:
+        directory: the directory that will receive output.
+        what: the field or role that names it, for the error message (e.g. ``save_model_path``).
+
+    Raises:
+        ValueError: naming ``what`` and the reason, when the directory cannot be created or written.
+    """
+    target = Path(directory)
+    created: list[Path] = []
+    probe = target / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        missing = [p for p in [target, *target.parents] if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir()
+            created.append(p)
+        if not target.is_dir():
+            raise NotADirectoryError(f"{str(target)!r} is not a directory")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or str(e) if not isinstance(e, NotADirectoryError) else str(e)
+        raise ValueError(f"{what}: cannot write to {str(target)!r} ({reason})") from None
+    finally:
+        for p in reversed(created):
+            try:
+                p.rmdir()
+            except OSError:
+                pass

@@ -1,0 +1,85 @@
+"""``OptimConfig`` and the optimiser and learning-rate schedule it describes: AdamW, linear warmup, optional decay."""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from iluvattnshun.config import Config
+
+
+@dataclass(kw_only=True)
+class OptimConfig(Config):
+    """AdamW with linear warmup and an optional decay."""
+
+    ALIASES = {"learning_rate": "lr", "lr_start_factor": "warmup_start_factor"}
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (applied to matrices only, not to norms, biases or embeddings)."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from warmup_start_factor * lr to lr."""
+    warmup_start_factor: float = 0.01
+    """Learning-rate factor at step 0 of the warmup."""
+    lr_decay: Literal["none", "cosine", "linear"] = "none"
+    """Decay after warmup, down to min_lr_factor * lr at lr_decay_steps (or max_steps)."""
+    lr_decay_steps: int | None = None
+    """Step at which the decay ends (none: max_steps)."""
+    min_lr_factor: float = 0.1
+    """Learning-rate factor at the end of the decay."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.beta2 < 1:
+            raise ValueError(f"beta2 must be in [0, 1), got {self.beta2}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("warmup_start_factor", "min_lr_factor"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ValueError(f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
+        max_steps = getattr(self, "max_steps", None)
+        if self.lr_decay != "none" and self.lr_decay_steps is None and max_steps is None:
+            raise ValueError(f"lr_decay={self.lr_decay} needs lr_decay_steps or max_steps to know where to end")
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> Optimizer:
+    """AdamW with weight decay on matrices only (not on norms, biases or embeddings); fused on CUDA."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=device.type == "cuda")
+
+
+def build_scheduler(optimizer: Optimizer, config: OptimConfig, max_steps: int | None) -> LRScheduler:
+    """Per-step ``lr_factor`` schedule (warmup, then constant or decay)."""
+    return LambdaLR(optimizer, lambda step: lr_factor(step, config, max_steps))
+
+
+def lr_factor(step: int, config: OptimConfig, max_steps: int | None) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then constant, cosine or linear decay."""
+    if step < config.warmup_steps:
+        return config.warmup_start_factor + (1 - config.warmup_start_factor) * step / config.warmup_steps
+    end = config.lr_decay_steps or max_steps
+    if config.lr_decay == "none" or end is None or end <= config.warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / (end - config.warmup_steps))
+    if config.lr_decay == "cosine":
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        shape = 1 - progress
+    return config.min_lr_factor + (1 - config.min_lr_factor) * shape

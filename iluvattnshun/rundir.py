@@ -1,0 +1,144 @@
+"""Run directories, ``<logdir>/run_<N>_<name>/``: naming, allocation, lookup, locking and the names of their files.
+
+A run directory holds the TensorBoard events, ``run_<N>_<name>.yaml`` (the full config), ``run_<N>_<name>.py``
+(a snapshot of the script that ran) and ``ckpt_<step>.pt`` checkpoints (unless ``save_model_path`` puts those
+elsewhere). ``N`` is allocated atomically, so runs started at the same moment get distinct directories.
+"""
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+RUN_PATTERN = re.compile(r"^run_(\d+)(?:_(.*))?$")
+"""``run_<N>`` or ``run_<N>_<name>``."""
+
+CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+"""Checkpoint file names: ``ckpt_<step>.pt``."""
+
+LOCK_FILE = ".lock"
+"""Held (``flock``) by the process training in the run directory."""
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint taken after ``step`` optimizer steps."""
+    return f"ckpt_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoints in ``directory`` sorted by step (oldest first); temporary files are ignored."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_PATTERN.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """The step in a checkpoint's file name, or None for another name."""
+    m = CKPT_PATTERN.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory and the names of the files in it."""
+
+    path: Path
+
+    @property
+    def base(self) -> str:
+        """``run_<N>_<name>``: the directory's name, which also names its config and script files."""
+        return self.path.name
+
+    @property
+    def number(self) -> int:
+        """``N``."""
+        m = RUN_PATTERN.match(self.base)
+        return int(m.group(1)) if m else 0
+
+    @property
+    def name(self) -> str:
+        """The run name (the part after ``run_<N>_``)."""
+        m = RUN_PATTERN.match(self.base)
+        return (m.group(2) or "") if m else self.base
+
+    @property
+    def config_path(self) -> Path:
+        """The run's full config as YAML."""
+        return self.path / f"{self.base}.yaml"
+
+    @property
+    def script_path(self) -> Path:
+        """The snapshot of the script that ran."""
+        return self.path / f"{self.base}.py"
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints in the directory, oldest first."""
+        return list_checkpoints(self.path)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock for the ``with`` block.
+
+        Raises:
+            ValueError: when another process holds it (two processes must never train in one run directory).
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        with open(self.path / LOCK_FILE, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(f"{self.path} is in use by another process (a run is training in it)") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def list_runs(logdir: str | os.PathLike[str]) -> list[RunDir]:
+    """The run directories in ``logdir``, by number (oldest first)."""
+    root = Path(logdir)
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if RUN_PATTERN.match(p.name) and p.is_dir()]
+    return sorted(runs, key=lambda r: (r.number, r.base))
+
+
+def allocate(logdir: str | os.PathLike[str], name: str) -> RunDir:
+    """Create and return a fresh ``<logdir>/run_<N>_<name>``, N one above the highest existing.
+
+    ``os.mkdir`` is atomic: of several processes racing for the same directory exactly one succeeds, and the
+    others move on to N+1, so concurrent runs never share a directory.
+    """
+    root = Path(logdir)
+    root.mkdir(parents=True, exist_ok=True)
+    n = max((r.number for r in list_runs(root)), default=0) + 1
+    for _ in range(10_000):
+        path = root / (f"run_{n}_{name}" if name else f"run_{n}")
+        try:
+            path.mkdir()
+            return RunDir(path)
+        except FileExistsError:
+            n += 1
+    raise RuntimeError(f"could not allocate a run directory in {str(logdir)!r}")
+
+
+def matching_runs(logdir: str | os.PathLike[str], run_name: str) -> list[RunDir]:
+    """Run directories a user means by ``run_name``, newest first.
+
+    ``run_name`` may be a path to the directory, its basename (``run_3_foo``), the name part (``foo``: every
+    ``run_<N>_foo``), or empty (every run in ``logdir``).
+    """
+    if run_name and os.sep in os.path.normpath(run_name) and Path(run_name).is_dir():
+        return [RunDir(Path(os.path.normpath(run_name)))]
+    if run_name and (Path(logdir) / run_name).is_dir() and RUN_PATTERN.match(run_name):
+        return [RunDir(Path(logdir) / run_name)]
+    runs = [r for r in list_runs(logdir) if not run_name or r.name == run_name]
+    return runs[::-1]

@@ -1,0 +1,147 @@
+"""The command line: ``python -m iluvattnshun.sweep launch | summarize | wait``."""
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from iluvattnshun.sweep.plan import NAME_RE, SweepError, expand, panes, parse_gpus, parse_grid, plan_runs
+from iluvattnshun.sweep.plan import read_overrides_file, validate_runs
+from iluvattnshun.sweep.record import read_record, record_dir, wait_for_runs
+from iluvattnshun.sweep.summary import summarize
+from iluvattnshun.sweep.tmux import PANES_PER_WINDOW, attach, launch
+
+DEFAULT_SESSION = "sweep"
+"""Session name (and run-name prefix) when none is given."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m iluvattnshun.sweep",
+        description="Launch a hyperparameter grid in tmux (one pane per run) and summarize its results.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "launch",
+        help="launch a grid in a detached tmux session (the default subcommand)",
+        description="Launch a grid in a detached tmux session, one pane per run (or per --max-parallel slot).",
+        epilog="Arguments that start with '-' need the '=' form: --extra='--preset=quick --max_steps=100'.",
+    )
+    p.add_argument("--cmd", required=True, help="command every run starts with, e.g. 'python -m examples.var_rename'")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept field (repeatable)")
+    p.add_argument("--overrides-file", help="one override set per line ('--num_layers=2 --lr=1e-3'), x the grid")
+    p.add_argument("--gpus", help="GPU ids, e.g. 0,1,2,3; 'none' for CPU (default: all visible)")
+    p.add_argument("--session", default=DEFAULT_SESSION, help=f"tmux session name (default {DEFAULT_SESSION!r})")
+    p.add_argument("--prefix", help="run-name prefix: runs are <prefix>_<i> (default: the session name)")
+    p.add_argument("--max-parallel", type=int, help="concurrent runs per GPU (per machine on CPU); others queue")
+    p.add_argument("--extra", default="", help="arguments added to every run before its overrides")
+    p.add_argument("--status-dir", help="where to keep the sweep record (default <logdir>/.sweeps/<prefix>)")
+    p.add_argument("--panes-per-window", type=int, default=PANES_PER_WINDOW, help="panes per tmux window")
+    p.add_argument("--replace", action="store_true", help="kill an existing session of the same name first")
+    p.add_argument("--attach", action="store_true", help="attach to the session after launching")
+    p.add_argument("--dry-run", action="store_true", help="print the pane commands and create nothing")
+    p.add_argument("--skip-validation", action="store_true", help="do not check the runs with --print_config first")
+
+    s = sub.add_parser("summarize", help="table / CSV / HTML of a sweep's results")
+    s.add_argument("logdir", help="the task's log directory, e.g. logs/var_rename")
+    s.add_argument(
+        "--prefix", default=DEFAULT_SESSION, help=f"the sweep's run-name prefix (default {DEFAULT_SESSION!r})"
+    )
+    s.add_argument("--sort", help="metric to sort by, e.g. val/accuracy (default: accuracy, else loss)")
+    s.add_argument("--by", choices=("best", "final"), default="best", help="sort by best or final value")
+    s.add_argument("--csv", help="write the table as CSV here")
+    s.add_argument("--html", help="write a plotly HTML page here")
+    s.add_argument("--status-dir", help="the sweep record directory, if not <logdir>/.sweeps/<prefix>")
+
+    w = sub.add_parser("wait", help="block until every run of a sweep has ended")
+    w.add_argument("logdir", help="the task's log directory, e.g. logs/var_rename")
+    w.add_argument(
+        "--prefix", default=DEFAULT_SESSION, help=f"the sweep's run-name prefix (default {DEFAULT_SESSION!r})"
+    )
+    w.add_argument("--timeout", type=float, help="give up after this many seconds")
+    w.add_argument("--status-dir", help="the sweep record directory, if not <logdir>/.sweeps/<prefix>")
+    return parser
+
+
+def _launch_main(args: argparse.Namespace) -> int:
+    prefix = args.prefix or args.session
+    if not NAME_RE.match(args.session):
+        raise SweepError(f"--session {args.session!r}: use letters, digits, '_' and '-' only")
+    try:
+        extra = shlex.split(args.extra)
+    except ValueError as e:
+        raise SweepError(f"--extra {args.extra!r}: {e}") from None
+    sets = expand(parse_grid(args.grid), read_overrides_file(args.overrides_file) if args.overrides_file else ())
+    gpus = parse_gpus(args.gpus)
+    runs = plan_runs(sets, prefix, gpus, args.max_parallel)
+    n_panes = len(panes(runs))
+    where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
+    if args.dry_run:
+        if not args.skip_validation:
+            validate_runs(args.cmd, runs, extra)
+        print(f"# session {args.session!r}: {len(runs)} runs in {n_panes} panes on {where}")
+        for run in runs:
+            device = "cpu" if run.gpu is None else f"gpu {run.gpu}"
+            print(f"{run.shell_command(args.cmd, extra)}  # pane {run.pane}, {device}")
+        return 0
+    rdir = launch(
+        args.cmd,
+        runs,
+        session=args.session,
+        prefix=prefix,
+        extra=extra,
+        status_dir=args.status_dir,
+        replace=args.replace,
+        validate=not args.skip_validation,
+        panes_per_window=args.panes_per_window,
+    )
+    record = read_record(rdir) or {}
+    logdir = record.get("logdir") or "<logdir>"
+    status = "" if args.status_dir is None and record.get("logdir") else f" --status-dir {shlex.quote(str(rdir))}"
+    print(f"launched {len(runs)} runs in tmux session {args.session!r} ({n_panes} panes on {where})")
+    print(f"  attach:    tmux attach -t {args.session}")
+    print(f"  record:    {rdir}")
+    print(f"  wait:      python -m iluvattnshun.sweep wait {shlex.quote(logdir)} --prefix {prefix}{status}")
+    print(f"  summarize: python -m iluvattnshun.sweep summarize {shlex.quote(logdir)} --prefix {prefix}{status}")
+    sys.stdout.flush()
+    if args.attach:
+        attach(args.session)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with a one-line message on bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("launch", "summarize", "wait", "-h", "--help"):
+        argv.insert(0, "launch")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "launch":
+            return _launch_main(args)
+        if args.command == "summarize":
+            print(
+                summarize(
+                    args.logdir,
+                    args.prefix,
+                    sort=args.sort,
+                    by=args.by,
+                    csv_path=args.csv,
+                    html_path=args.html,
+                    status_dir=args.status_dir,
+                )
+            )
+            if args.csv:
+                print(f"wrote {args.csv}")
+            if args.html:
+                print(f"wrote {args.html}")
+            return 0
+        rdir = Path(args.status_dir) if args.status_dir else record_dir(args.logdir, args.prefix)
+        statuses = wait_for_runs(rdir, args.timeout)
+        failed = [i for i, s in statuses.items() if s != 0]
+        print(f"{len(statuses)} runs ended" + (f"; failed: {', '.join(map(str, failed))}" if failed else ", all ok"))
+        return 1 if failed else 0
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
