@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from examples.letters import LETTERS, vocab
+from examples.variables import LETTERS, vocab
 from iluvattnshun.prompter import Prompter
 from iluvattnshun.task import PromptTaskConfig, main
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from examples.letters import fresh_letter, fresh_letters, vocab
+from examples.variables import Chains, rename, vocab
 from iluvattnshun.prompter import Prompter
 from iluvattnshun.task import PromptTaskConfig, main
 
@@ -76,15 +76,11 @@ class VarEvalPrompter(Prompter[VarEvalConfig]):
         for r in range(self.config.num_statements):
             c = r if r < num_chains else int(rng.integers(num_chains))
             addend = int(rng.integers(10))
-            new = fresh_letter(rng, live)
-            old = current[c]
+            old, new = rename(rng, c, current, live)
             value[c] = (value[c] + addend) % 10
             prompt.append(f"{old}+{addend}>{new};")
             answer.append(f"....{value[c]}.")
             depths += [depth[c]] * 6
-            live.discard(old)
-            live.add(new)
-            current[c] = new
             depth[c] += 1
         return "".join(prompt), "".join(answer), {"depth": depths}
 
@@ -95,13 +91,8 @@ class VarEvalPrompter(Prompter[VarEvalConfig]):
         non-live letters by rejection sampling).
         """
         num_chains, num_statements = self.config.num_chains, self.config.num_statements
-        rows = np.arange(n)
         value = rng.integers(0, 10, size=n * num_chains, dtype=np.uint8)  # (n*C,) current value of each chain
-        current = value.copy()  # (n*C,) token of each chain's current variable (digit tokens = digits)
-        chain_depth = np.zeros(n * num_chains, dtype=np.int64)
-        live = np.zeros(n * len(VOCAB), dtype=bool)
-        chain_base = rows * num_chains
-        live_base = rows * len(VOCAB)
+        chains = Chains(value.reshape(n, num_chains), len(VOCAB))  # digit tokens = digits
         stmt = np.empty((n, num_statements, 6), dtype=np.uint8)  # (n, R, 6) "x+d>y;"
         stmt[:, :, 1] = PLUS
         stmt[:, :, 3] = GT
@@ -109,18 +100,11 @@ class VarEvalPrompter(Prompter[VarEvalConfig]):
         answer = np.full((n, num_statements, 6), MASK, dtype=np.uint8)
         depth = np.empty((n, num_statements), dtype=np.int64)
         for r in range(num_statements):
-            # (n,) chosen chain: chain r for the starting statements, then uniform
-            idx = chain_base + (r if r < num_chains else rng.integers(0, num_chains, size=n))
+            idx = chains.pick(rng, r)  # (n,) the chain of statement r
             addend = rng.integers(0, 10, size=n, dtype=np.uint8)
-            old = current[idx]
-            new = fresh_letters(rng, live, live_base, np.uint8)
+            old, new, depth[:, r] = chains.rename(rng, idx)
             result = (value[idx] + addend) % 10
             value[idx] = result
-            live[live_base + old] = False  # old may be the starting digit: never live, harmless
-            live[live_base + new] = True
-            current[idx] = new
-            depth[:, r] = chain_depth[idx]
-            chain_depth[idx] += 1
             stmt[:, r, 0] = old
             stmt[:, r, 2] = addend
             stmt[:, r, 4] = new

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from examples.letters import fresh_letter, fresh_letters, vocab
+from examples.variables import Chains, rename, vocab
 from iluvattnshun.prompter import Prompter
 from iluvattnshun.task import PromptTaskConfig
 
@@ -74,16 +74,12 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         depth = [0] * num_chains
         live: set[str] = set()  # letters that are some chain's current variable
         prompt, answer, depths = [], [], []
-        for _ in range(self.config.num_renames):
-            c = len(prompt) if len(prompt) < num_chains else int(rng.integers(num_chains))
-            new = fresh_letter(rng, live)
-            old = current[c]
+        for r in range(self.config.num_renames):
+            c = r if r < num_chains else int(rng.integers(num_chains))
+            old, new = rename(rng, c, current, live)
             prompt.append(f"{old}>{new};")
             answer.append(f"{values[c]}.{values[c]}.")
             depths += [depth[c]] * 4
-            live.discard(old)
-            live.add(new)
-            current[c] = new
             depth[c] += 1
         return "".join(prompt), "".join(answer), {"depth": depths}
 
@@ -96,15 +92,9 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         word (4 characters), so the (n, R) outputs are written once and viewed as (n, 4R) bytes.
         """
         num_chains, num_renames = self.config.num_chains, self.config.num_renames
-        rows = np.arange(n)
         values = np.argsort(rng.random((n, num_chains)), axis=1).astype(np.uint32)  # (n, C) random permutations
-        # Flat (n*C,) / (n*V,) state with per-row base offsets: 1-D fancy indexing beats 2-D.
-        current = values.reshape(-1).copy()  # token of each chain's current variable
+        chains = Chains(values, len(VOCAB))
         answer_word = values.reshape(-1) * np.uint32(0x10001) + np.uint32(MASK << 8 | MASK << 24)  # "v.v."
-        chain_depth = np.zeros(n * num_chains, dtype=np.uint32)  # renames so far
-        live = np.zeros(n * len(VOCAB), dtype=bool)  # is token v the current letter of some chain
-        chain_base = rows * num_chains
-        live_base = rows * len(VOCAB)
         stmt_const = np.uint32(GT << 8 | SEMI << 24)  # "?>?;"
         # Explicitly little-endian words, so viewing them as bytes gives characters in order on any host.
         stmt = np.empty((n, num_renames), dtype="<u4")  # (n, R) 4 characters each
@@ -112,20 +102,11 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         small = num_renames <= 256  # depths fit a byte: repeat them 4x by one multiply
         depth = np.empty((n, num_renames), dtype="<u4" if small else np.uint32)  # (n, R)
         for r in range(num_renames):
-            if r < num_chains:  # binding statements: chain r (chain r holds the random digit values[r])
-                idx = chain_base + r
-            else:
-                idx = chain_base + rng.integers(0, num_chains, size=n, dtype=np.uint8)  # (n,) chosen chain
-            old = current[idx]
-            new = fresh_letters(rng, live, live_base, np.uint32)
-            live[live_base + old] = False  # old may be the starting digit: never live, harmless
-            live[live_base + new] = True
-            current[idx] = new
+            idx = chains.pick(rng, r, np.uint8)  # (n,) the chain of statement r (chain c holds digit values[c])
+            old, new, d = chains.rename(rng, idx)
             stmt[:, r] = (new << 16) | old | stmt_const
             answer[:, r] = answer_word[idx]
-            d = chain_depth[idx]
             depth[:, r] = d * np.uint32(0x01010101) if small else d
-            chain_depth[idx] = d + 1
         length = 4 * num_renames
         return {
             "prompt": stmt.view(np.uint8).reshape(n, length),
