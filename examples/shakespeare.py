@@ -1,7 +1,8 @@
 """Character-level language model on Tiny Shakespeare.
 
     python -m examples.shakespeare                      # quick preset: 4 layers, d 128, 2,000 steps on CPU
-    python -m examples.shakespeare --preset=paper       # larger model for a GPU
+    python -m examples.shakespeare --preset=paper       # the original study's recipe (a GPU)
+    python -m examples.shakespeare --preset=nanogpt     # nanoGPT's shakespeare-char recipe (a GPU)
     python -m examples.shakespeare --data_path=my.txt   # any text file
 
 The text comes from ``--data_path`` (default ``data/shakespeare/input.txt``, downloaded on first use). The first
@@ -80,7 +81,32 @@ def quick() -> ShakespeareConfig:
 
 
 def paper() -> ShakespeareConfig:
-    """nanoGPT's GPU shakespeare-char recipe: 6 layers, 6 heads... with RoPE head dims kept even (d 384, 6 heads)."""
+    """The original study's recipe: 8 layers, d_model 128, 4 heads, RoPE base 1024, context 128, batch 64,
+    AdamW lr 1e-3 with weight decay 0.1 on every parameter, no schedule, dropout 0.1 (meant for a GPU)."""
+    return ShakespeareConfig(
+        num_layers=8,
+        dim_model=128,
+        num_heads=4,
+        rope_base=1024.0,
+        dropout_attn=0.1,
+        dropout_mlp=0.1,
+        dropout_emb=0.1,
+        context_len=128,
+        batch_size=64,
+        num_epochs=-1,
+        lr=1e-3,
+        beta2=0.999,
+        weight_decay=0.1,
+        decay_all_params=True,
+        warmup_steps=0,
+        eval_every_n_samples=20_000,
+        log_every_n_seconds=3.0,
+        save_every_n_seconds=100.0,
+    )
+
+
+def nanogpt() -> ShakespeareConfig:
+    """nanoGPT's GPU shakespeare-char recipe: 6 layers, 6 heads, d_model 384 (RoPE head dims even), context 256."""
     return ShakespeareConfig(
         num_layers=6,
         num_heads=6,
@@ -103,7 +129,7 @@ def paper() -> ShakespeareConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], ShakespeareConfig]] = {"quick": quick, "paper": paper}
+PRESETS: dict[str, Callable[[], ShakespeareConfig]] = {"quick": quick, "paper": paper, "nanogpt": nanogpt}
 
 
 def ensure_text(path: str) -> str:

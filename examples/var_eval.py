@@ -5,7 +5,8 @@ Prompt ``1+3>a;2+4>b;a+3>c;`` (num_chains 2, num_statements 3). Each chain start
 Every statement ``x+d>y;`` adds a random digit ``d`` (mod 10) to a chain's current variable ``x`` (for
 the starting statements the starting digit itself; later statements pick a chain uniformly) and binds
 the result to a fresh letter ``y`` that is not the current variable of any chain. A prompt has exactly
-``6 * num_statements`` characters (so ``num_statements >= num_chains``).
+``6 * num_statements`` characters (so ``num_statements >= num_chains``). With ``bind_first=False`` (the
+original study's layout) every statement picks its chain uniformly.
 
 The answer is aligned with the prompt: the result at the new variable's position, ``.`` (masked)
 elsewhere: ``....4.....6.....7.`` above. Metadata ``depth``: the chain's number of statements before
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from examples.variables import Chains, rename, vocab
+from examples.recipes import CPU, ORIGINAL
+from examples.variables import Chains, pick_chain, rename, vocab
 from iluvattnshun.prompter import Prompter
 from iluvattnshun.task import PromptTaskConfig, main
 
@@ -35,9 +37,12 @@ class VarEvalConfig(PromptTaskConfig):
     """Number of independent chains (1..25: a fresh letter must exist next to every live one)."""
     num_statements: int = 8
     """Statements per prompt; a prompt has 6 * num_statements characters."""
+    bind_first: bool = True
+    """The first num_chains statements start every chain, one chain each; false: the original study's layout,
+    where every statement picks its chain at random."""
 
     def data_hash_params(self) -> list[str]:
-        return ["num_chains", "num_statements"]
+        return ["num_chains", "num_statements", "bind_first"]
 
     def validate(self) -> None:
         super().validate()
@@ -46,7 +51,7 @@ class VarEvalConfig(PromptTaskConfig):
                 f"num_chains must be in 1..25 (up to num_chains letters are live and a fresh one must remain), "
                 f"got {self.num_chains}"
             )
-        if self.num_statements < self.num_chains:
+        if self.bind_first and self.num_statements < self.num_chains:
             raise ValueError(
                 f"num_statements ({self.num_statements}) must be >= num_chains ({self.num_chains}): the first "
                 f"num_chains statements start the chains"
@@ -74,7 +79,7 @@ class VarEvalPrompter(Prompter[VarEvalConfig]):
         live: set[str] = set()
         prompt, answer, depths = [], [], []
         for r in range(self.config.num_statements):
-            c = r if r < num_chains else int(rng.integers(num_chains))
+            c = pick_chain(rng, r, num_chains, self.config.bind_first)
             addend = int(rng.integers(10))
             old, new = rename(rng, c, current, live)
             value[c] = (value[c] + addend) % 10
@@ -100,7 +105,7 @@ class VarEvalPrompter(Prompter[VarEvalConfig]):
         answer = np.full((n, num_statements, 6), MASK, dtype=np.uint8)
         depth = np.empty((n, num_statements), dtype=np.int64)
         for r in range(num_statements):
-            idx = chains.pick(rng, r)  # (n,) the chain of statement r
+            idx = chains.pick(rng, r, bind_first=self.config.bind_first)  # (n,) the chain of statement r
             addend = rng.integers(0, 10, size=n, dtype=np.uint8)
             old, new, depth[:, r] = chains.rename(rng, idx)
             result = (value[idx] + addend) % 10
@@ -118,44 +123,30 @@ class VarEvalPrompter(Prompter[VarEvalConfig]):
 
 
 def quick() -> VarEvalConfig:
-    """Sized for a 2-core CPU; stops on its own."""
+    """Sized for a 2-core CPU, tied embeddings; stops after 12,000 steps (examples/README.md has its curve)."""
     return VarEvalConfig(
+        **CPU,
         num_chains=2,
         num_statements=8,
         train_size=200_000,
         test_size=2_000,
-        num_layers=4,
-        dim_model=64,
-        num_heads=4,
         tie_weights=True,
-        lr=1e-3,
-        warmup_steps=200,
         batch_size=64,
-        num_epochs=-1,
-        max_minutes=9.0,
+        max_steps=12_000,
         eval_every_n_samples=64 * 500,
-        save_every_n_seconds=120,
     )
 
 
 def paper() -> VarEvalConfig:
-    """The original research recipe (meant for a GPU)."""
+    """The original study's recipe, field by field (meant for a GPU)."""
     return VarEvalConfig(
+        **ORIGINAL,
         num_chains=2,
         num_statements=40,
         train_size=10_000_000,
         test_size=10_000,
-        num_layers=8,
-        dim_model=128,
-        num_heads=4,
         rope_base=1000.0,
-        lr=1e-4,
-        warmup_steps=4000,
-        warmup_start_factor=1e-3,
         batch_size=256,
-        num_epochs=-1,
-        eval_every_n_samples=1_000_000,
-        save_every_n_seconds=100,
     )
 
 

@@ -1,7 +1,8 @@
 """Variables named by letters, in chains: the shared vocabulary of the variable tasks and their name bookkeeping.
 
 A chain starts at a digit; each statement on it binds the chain's current variable to a fresh letter, one that is
-not the current variable of any chain ("live"). ``rename`` does one such step for one example (the reference
+not the current variable of any chain ("live"). Either the first statements bind every chain in turn
+(``bind_first``), or every statement picks its chain at random (the original study's layout). ``rename`` does one such step for one example (the reference
 generators), ``Chains`` does it for a whole batch at once (the vectorised ones).
 """
 
@@ -11,6 +12,11 @@ DIGITS = "0123456789"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 FIRST_LETTER = len(DIGITS)
 """Token id of ``a`` in every vocabulary made by ``vocab``."""
+
+
+def pick_chain(rng: np.random.Generator, statement: int, num_chains: int, bind_first: bool) -> int:
+    """The chain of one example's ``statement`` (see ``Chains.pick``)."""
+    return statement if bind_first and statement < num_chains else int(rng.integers(num_chains))
 
 
 def vocab(punctuation: str) -> str:
@@ -50,10 +56,13 @@ class Chains:
         self.chain_base = np.arange(n) * self.num_chains
         self.live_base = np.arange(n) * vocab_size
 
-    def pick(self, rng: np.random.Generator, statement: int, dtype: type[np.integer] | None = None) -> np.ndarray:
-        """The chain of ``statement`` in every example, as flat indices: chain ``statement`` for the first ``C``
-        statements (they start the chains), then uniform (drawn with ``dtype``: part of the random stream)."""
-        if statement < self.num_chains:
+    def pick(
+        self, rng: np.random.Generator, statement: int, dtype: type[np.integer] | None = None, bind_first: bool = True
+    ) -> np.ndarray:
+        """The chain of ``statement`` in every example, as flat indices: with ``bind_first`` chain ``statement`` for
+        the first ``C`` statements (they start the chains), then uniform; without it uniform from the start (a
+        chain starts at the first statement that picks it). Drawn with ``dtype``: part of the random stream."""
+        if bind_first and statement < self.num_chains:
             return self.chain_base + statement
         if dtype is None:
             return self.chain_base + rng.integers(0, self.num_chains, size=len(self.chain_base))

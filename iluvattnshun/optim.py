@@ -21,7 +21,9 @@ class OptimConfig(Config):
     lr: float = 1e-3
     """Peak learning rate."""
     weight_decay: float = 0.01
-    """AdamW weight decay (applied to matrices only, not to norms, biases or embeddings)."""
+    """AdamW weight decay (on matrices only, not on norms, biases or embeddings, unless decay_all_params)."""
+    decay_all_params: bool = False
+    """Apply the weight decay to every parameter, as a plain AdamW(model.parameters()) does."""
     beta2: float = 0.99
     """AdamW beta2."""
     warmup_steps: int = 100
@@ -56,12 +58,18 @@ class OptimConfig(Config):
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> Optimizer:
-    """AdamW with weight decay on matrices only (not on norms, biases or embeddings); fused on CUDA."""
+    """AdamW with weight decay on matrices only (not on norms, biases or embeddings) unless ``decay_all_params``;
+    fused on CUDA."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
-    no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def decayed(p: nn.Parameter) -> bool:
+        return config.decay_all_params or (p.dim() >= 2 and id(p) not in embeddings)
+
+    groups = [
+        {"params": [p for p in params if decayed(p)], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=device.type == "cuda")
 
 

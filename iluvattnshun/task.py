@@ -50,6 +50,8 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
     """DataLoader worker processes for streaming generation (0: generate in the training process)."""
     val_batch_size: int | None = None
     """Validation batch size (none: batch_size)."""
+    depth_min_positions: int = 100
+    """Depths with fewer test positions than this are left out of depth_reach_90 / depth_reach_99."""
 
     def validate(self) -> None:
         super().validate()
@@ -57,9 +59,24 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             raise ValueError(f"val_batch_size must be >= 1, got {self.val_batch_size}")
+        if self.depth_min_positions < 1:
+            raise ValueError(f"depth_min_positions must be >= 1, got {self.depth_min_positions}")
 
 
 C = TypeVar("C", bound=PromptTaskConfig)
+
+
+def depth_reach(accuracy: Mapping[int, float], counts: Mapping[int, int], threshold: float, min_positions: int) -> int:
+    """The deepest depth d such that every depth <= d with at least ``min_positions`` scored positions has
+    accuracy >= ``threshold`` (-1 when depth 0 already fails; depths with fewer positions are skipped)."""
+    reach = -1
+    for d in sorted(accuracy):
+        if counts.get(d, 0) < min_positions:
+            continue
+        if accuracy[d] < threshold:
+            break
+        reach = d
+    return reach
 
 
 def marker_line(pred: str, answer: str, mask_char: str) -> str:
@@ -173,9 +190,12 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
             gathered = tdist.all_gather_object((hits.cpu(), totals.cpu()))
             hits = _sum_counts([h for h, _ in gathered])
             totals = _sum_counts([t for _, t in gathered])
-            metrics["acc_per_depth"] = {
-                str(d): float(h) / float(t) for d, (h, t) in enumerate(zip(hits.tolist(), totals.tolist())) if t > 0
-            }
+            counts = {d: int(t) for d, t in enumerate(totals.tolist()) if t > 0}
+            accuracy = {d: float(h) / counts[d] for d, h in enumerate(hits.tolist()) if d in counts}
+            metrics["acc_per_depth"] = {str(d): a for d, a in accuracy.items()}
+            metrics["positions_per_depth"] = {str(d): n for d, n in counts.items()}
+            for threshold, name in ((0.9, "depth_reach_90"), (0.99, "depth_reach_99")):
+                metrics[name] = depth_reach(accuracy, counts, threshold, self.config.depth_min_positions)
         self._depth_hits = self._depth_totals = None
         sample = getattr(self, "_sample_batch", None)
         if sample is not None:

@@ -117,8 +117,10 @@ class TrainerConfig(Config):
     # Checkpointing
     save_every_n_seconds: float = 600.0
     """Write a checkpoint at most this often (0: only at the end and on Ctrl-C / SIGTERM)."""
+    keep_last_n: int | None = None
+    """Keep only the newest N checkpoints of the run, deleting older ones once a new one is written (none: keep all)."""
     overwrite_existing_checkpoints: bool = False
-    """Delete older checkpoints of the run after writing a new one."""
+    """Each new checkpoint replaces the previous one (the original name for keep_last_n=1)."""
     save_model_path: str | None = None
     """Directory for checkpoints (none: the run directory)."""
     load_model_path: str | None = None
@@ -144,6 +146,8 @@ class TrainerConfig(Config):
             raise ValueError(f"eval_every_n_samples must be >= 0, got {self.eval_every_n_samples}")
         if self.log_every_n_seconds < 0 or self.save_every_n_seconds < 0:
             raise ValueError("log_every_n_seconds and save_every_n_seconds must be >= 0")
+        if self.keep_last_n is not None and self.keep_last_n < 1:
+            raise ValueError(f"keep_last_n must be >= 1 (none keeps every checkpoint), got {self.keep_last_n}")
         if self.log_fp < 0:
             raise ValueError(f"log_fp must be >= 0, got {self.log_fp}")
         if not self.resume and any(sep in self.run_name for sep in ("/", os.sep)):
@@ -991,8 +995,9 @@ class Trainer(ABC, Generic[C]):
         state = self.checkpoint_state()
         if self.is_main:
             write_checkpoint(path, state)
-            if self.config.overwrite_existing_checkpoints:
-                prune_checkpoints(self.ckpt_dir, keep_last_n=1)
+            keep = 1 if self.config.overwrite_existing_checkpoints else self.config.keep_last_n
+            if keep is not None:
+                prune_checkpoints(self.ckpt_dir, keep)
             self.logger.notice("saved checkpoint", path)
         self._last_saved_step = self.progress.step
         tdist.barrier()

@@ -42,8 +42,11 @@ class ChainFacts:
     """Depth (earlier statements of the same chain) of each statement."""
 
 
-def check_var_rename(prompt: str, answer: str, depth: Sequence[int], num_chains: int, num_renames: int) -> ChainFacts:
-    """Check one variable renaming example against the task rules."""
+def check_var_rename(
+    prompt: str, answer: str, depth: Sequence[int], num_chains: int, num_renames: int, bind_first: bool = True
+) -> ChainFacts:
+    """Check one variable renaming example against the task rules (``bind_first``: the chains are bound by the
+    first ``num_chains`` statements; otherwise a chain is bound wherever it first appears)."""
     assert num_chains <= 10, "at most 10 chains (values are digits)"
     assert len(prompt) == 4 * num_renames, f"prompt length {len(prompt)} != 4 * {num_renames}"
     assert len(answer) == len(prompt) and len(depth) == len(prompt), "answer/depth not aligned with the prompt"
@@ -56,7 +59,8 @@ def check_var_rename(prompt: str, answer: str, depth: Sequence[int], num_chains:
         stmt, ans, dep = prompt[4 * i : 4 * i + 4], answer[4 * i : 4 * i + 4], list(depth[4 * i : 4 * i + 4])
         old, gt, new, semi = list(stmt)
         assert gt == ">" and semi == ";", f"statement {i} {stmt!r} is not 'x>y;'"
-        assert (old in DIGITS) == (i < num_chains), f"statement {i} {stmt!r}: chains are bound first, then renamed"
+        if bind_first:
+            assert (old in DIGITS) == (i < num_chains), f"statement {i} {stmt!r}: chains are bound first, then renamed"
         if old in DIGITS:
             assert int(old) < num_chains, f"statement {i}: chain start {old} is not among 0..{num_chains - 1}"
             assert old not in used_digits, f"statement {i}: digit {old} starts a second chain"
@@ -79,12 +83,14 @@ def check_var_rename(prompt: str, answer: str, depth: Sequence[int], num_chains:
         facts.new_letters.append(new)
         facts.depths.append(chain_count[chain])
         chain_count[chain] += 1
-    assert len(chain_value) == num_chains, "every chain is bound"
+    assert len(chain_value) == num_chains or not bind_first, "every chain is bound"
     return facts
 
 
-def check_var_eval(prompt: str, answer: str, depth: Sequence[int], num_chains: int, num_statements: int) -> ChainFacts:
-    """Check one variable evaluation example against the task rules."""
+def check_var_eval(
+    prompt: str, answer: str, depth: Sequence[int], num_chains: int, num_statements: int, bind_first: bool = True
+) -> ChainFacts:
+    """Check one variable evaluation example against the task rules (``bind_first``: see ``check_var_rename``)."""
     assert len(prompt) == 6 * num_statements, f"prompt length {len(prompt)} != 6 * {num_statements}"
     assert len(answer) == len(prompt) and len(depth) == len(prompt), "answer/depth not aligned with the prompt"
     live: dict[str, int] = {}
@@ -95,7 +101,8 @@ def check_var_eval(prompt: str, answer: str, depth: Sequence[int], num_chains: i
         stmt, ans, dep = prompt[6 * i : 6 * i + 6], answer[6 * i : 6 * i + 6], list(depth[6 * i : 6 * i + 6])
         old, plus, addend, gt, new, semi = list(stmt)
         assert plus == "+" and gt == ">" and semi == ";" and addend in DIGITS, f"statement {i} {stmt!r} malformed"
-        assert (old in DIGITS) == (i < num_chains), f"statement {i} {stmt!r}: chains are started first"
+        if bind_first:
+            assert (old in DIGITS) == (i < num_chains), f"statement {i} {stmt!r}: chains are started first"
         if old in DIGITS:
             chain = len(value)
             assert chain < num_chains, f"statement {i}: more than {num_chains} chains start from a digit"

@@ -101,6 +101,9 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     tags = scalars(run_dir)
     assert "val/accuracy" in tags and "val/loss" in tags and "train/loss" in tags
     assert any(t.startswith("val/acc_per_depth/") for t in tags)
+    assert any(t.startswith("val/positions_per_depth/") for t in tags)
+    assert all(-1 <= r <= 200 for r in tags["val/depth_reach_90"]) and "val/depth_reach_99" in tags
+    assert "depth_reach_90" in proc.stdout  # in the console frame too
     assert all(0.0 <= a <= 1.0 for a in tags["val/accuracy"])
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     events.Reload()

@@ -257,6 +257,10 @@ def test_overwrite_existing_checkpoints_keeps_only_the_newest(tmp_path: Path) ->
     assert [p.name for p in list_checkpoints(kept.run_dir or "")] == ["ckpt_00000006.pt"]
     every = train(make_config(tmp_path, max_steps=3, save_every_n_seconds=1e-6))
     assert len(list_checkpoints(every.run_dir or "")) == 3
+    last3 = train(make_config(tmp_path, max_steps=7, save_every_n_seconds=1e-6, keep_last_n=3))
+    assert [p.name for p in list_checkpoints(last3.run_dir or "")] == [f"ckpt_0000000{s}.pt" for s in (5, 6, 7)]
+    with pytest.raises(ValueError, match="keep_last_n"):
+        make_config(tmp_path, keep_last_n=0)
 
 
 def test_val_metrics_weighted_by_batch_size(tmp_path: Path) -> None:

@@ -17,7 +17,12 @@ def _per_example(p: VarEvalPrompter, n: int, seed: int) -> list[tuple[ChainFacts
     for _ in range(n):
         prompt, answer, meta = p.get_prompt(rng)
         out.append(
-            (check_var_eval(prompt, answer, meta["depth"], p.config.num_chains, p.config.num_statements), answer)
+            (
+                check_var_eval(
+                    prompt, answer, meta["depth"], p.config.num_chains, p.config.num_statements, p.config.bind_first
+                ),
+                answer,
+            )
         )
     return out
 
@@ -27,7 +32,10 @@ def _vectorised(p: VarEvalPrompter, n: int, seed: int) -> list[tuple[ChainFacts,
     out = []
     for i in range(n):
         prompt, answer = decode(cols["prompt"][i], VAR_EVAL_VOCAB), decode(cols["answer"][i], VAR_EVAL_VOCAB)
-        facts = check_var_eval(prompt, answer, cols["depth"][i].tolist(), p.config.num_chains, p.config.num_statements)
+        cfg = p.config
+        facts = check_var_eval(
+            prompt, answer, cols["depth"][i].tolist(), cfg.num_chains, cfg.num_statements, cfg.bind_first
+        )
         out.append((facts, answer))
     return out
 
@@ -71,15 +79,18 @@ def test_impossible_configs_fail_at_construction(kwargs: dict[str, Any], match: 
         VarEvalConfig(**kwargs)
 
 
-@pytest.mark.parametrize(("num_chains", "num_statements"), [(1, 4), (2, 12), (25, 60)])
-def test_every_example_follows_the_rules(num_chains: int, num_statements: int) -> None:
-    p = VarEvalPrompter(VarEvalConfig(num_chains=num_chains, num_statements=num_statements))
+@pytest.mark.parametrize(
+    ("num_chains", "num_statements", "bind_first"), [(1, 4, True), (2, 12, True), (25, 60, True), (3, 20, False)]
+)
+def test_every_example_follows_the_rules(num_chains: int, num_statements: int, bind_first: bool) -> None:
+    p = VarEvalPrompter(VarEvalConfig(num_chains=num_chains, num_statements=num_statements, bind_first=bind_first))
     _per_example(p, 200, seed=1)
     _vectorised(p, 500, seed=2)
 
 
-def test_vectorised_and_per_example_have_the_same_distribution() -> None:
-    p = VarEvalPrompter(VarEvalConfig(num_chains=3, num_statements=10))
+@pytest.mark.parametrize("bind_first", [True, False])
+def test_vectorised_and_per_example_have_the_same_distribution(bind_first: bool) -> None:
+    p = VarEvalPrompter(VarEvalConfig(num_chains=3, num_statements=10, bind_first=bind_first))
     a = _statistics(_per_example(p, 2500, seed=10), 10)
     b = _statistics(_vectorised(p, 2500, seed=11), 10)
     for name in a:

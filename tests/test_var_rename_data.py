@@ -17,7 +17,7 @@ def _facts_per_example(prompter: VarRenamePrompter, n: int, seed: int) -> list[C
     out = []
     for _ in range(n):
         prompt, answer, meta = prompter.get_prompt(rng)
-        out.append(check_var_rename(prompt, answer, meta["depth"], cfg.num_chains, cfg.num_renames))
+        out.append(check_var_rename(prompt, answer, meta["depth"], cfg.num_chains, cfg.num_renames, cfg.bind_first))
     return out
 
 
@@ -32,6 +32,7 @@ def _facts_vectorised(prompter: VarRenamePrompter, n: int, seed: int) -> list[Ch
             cols["depth"][i].tolist(),
             cfg.num_chains,
             cfg.num_renames,
+            cfg.bind_first,
         )
         for i in range(n)
     ]
@@ -101,9 +102,12 @@ def test_impossible_configs_fail_at_construction(kwargs: dict[str, Any], match: 
         VarRenameConfig(**kwargs)
 
 
-@pytest.mark.parametrize(("num_chains", "num_renames"), [(1, 5), (3, 12), (10, 40)])
-def test_every_example_follows_the_rules(num_chains: int, num_renames: int) -> None:
-    p = VarRenamePrompter(VarRenameConfig(num_chains=num_chains, num_renames=num_renames))
+@pytest.mark.parametrize(
+    ("num_chains", "num_renames", "bind_first"),
+    [(1, 5, True), (3, 12, True), (10, 40, True), (4, 3, False), (4, 30, False)],
+)
+def test_every_example_follows_the_rules(num_chains: int, num_renames: int, bind_first: bool) -> None:
+    p = VarRenamePrompter(VarRenameConfig(num_chains=num_chains, num_renames=num_renames, bind_first=bind_first))
     _facts_per_example(p, 200, seed=1)
     _facts_vectorised(p, 1000, seed=2)
 
@@ -115,8 +119,9 @@ def test_long_prompts_with_wide_depths() -> None:
     assert max(max(f.depths) for f in facts) == 299
 
 
-def test_vectorised_and_per_example_have_the_same_distribution() -> None:
-    p = VarRenamePrompter(VarRenameConfig(num_chains=3, num_renames=12))
+@pytest.mark.parametrize("bind_first", [True, False])
+def test_vectorised_and_per_example_have_the_same_distribution(bind_first: bool) -> None:
+    p = VarRenamePrompter(VarRenameConfig(num_chains=3, num_renames=12, bind_first=bind_first))
     per_example = _statistics(_facts_per_example(p, 2500, seed=10), 12)
     vectorised = _statistics(_facts_vectorised(p, 2500, seed=11), 12)
     for name in per_example:
@@ -124,9 +129,21 @@ def test_vectorised_and_per_example_have_the_same_distribution() -> None:
         assert pval > 1e-4, f"{name}: p={pval:.2e}\n{per_example[name]}\n{vectorised[name]}"
     # the test has power: a different task (4 chains) is told apart
     other = _statistics(
-        _facts_vectorised(VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=12)), 2500, 12), 12
+        _facts_vectorised(
+            VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=12, bind_first=bind_first)), 2500, 12
+        ),
+        12,
     )
     assert two_sample_chi2_p(per_example["statement_digit"], other["statement_digit"]) < 1e-6
+
+
+def test_original_layout_starts_chains_anywhere() -> None:
+    # bind_first=False: the first statement that picks a chain binds its digit, wherever it falls
+    p = VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=12, bind_first=False))
+    facts = _facts_vectorised(p, 2000, seed=4)
+    first_statement = [f.chain_of_statement.index(len(f.start_digits) - 1) for f in facts]
+    assert max(first_statement) > 4, "some last-bound chain starts after the first num_chains statements"
+    assert any(len(f.start_digits) < 4 for f in facts), "some prompt never starts a chain"
 
 
 def test_uniform_choices() -> None:

@@ -5,7 +5,9 @@ digit (0..num_chains-1, in random order): the first ``num_chains`` statements bi
 to a letter, one chain each, in the order of that random permutation (``1>a;0>b;``). Every later
 statement ``old>new;`` picks a chain uniformly and renames its current variable ``old`` to a fresh
 letter ``new`` that is not the current variable of any chain. The binding statements count as renames
-too: a prompt has exactly ``4 * num_renames`` characters (so ``num_renames >= num_chains``).
+too: a prompt has exactly ``4 * num_renames`` characters (so ``num_renames >= num_chains``). With
+``bind_first=False`` (the original study's layout) every statement picks its chain uniformly, and a chain's
+first statement binds its digit wherever it falls.
 
 The answer is aligned with the prompt: at both variable positions of a statement, the chain's
 digit; ``.`` (masked) at ``>`` and ``;``. For the prompt above: ``1.1.0.0.1.1.0.0.0.0.``.
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from examples.variables import Chains, rename, vocab
+from examples.recipes import CPU, ORIGINAL
+from examples.variables import Chains, pick_chain, rename, vocab
 from iluvattnshun.prompter import Prompter
 from iluvattnshun.task import PromptTaskConfig
 
@@ -36,9 +39,12 @@ class VarRenameConfig(PromptTaskConfig):
     """Number of independent renaming chains (1..10: each starts at a distinct digit)."""
     num_renames: int = 8
     """Rename statements per prompt; a prompt has 4 * num_renames characters."""
+    bind_first: bool = True
+    """The first num_chains statements bind every chain's digit, one chain each; false: the original study's
+    layout, where every statement picks its chain at random and a chain's first statement binds its digit."""
 
     def data_hash_params(self) -> list[str]:
-        return ["num_chains", "num_renames"]
+        return ["num_chains", "num_renames", "bind_first"]
 
     def validate(self) -> None:
         super().validate()
@@ -47,7 +53,7 @@ class VarRenameConfig(PromptTaskConfig):
             raise ValueError(
                 f"num_chains must be in 1..10 (each chain starts at a distinct digit), got {self.num_chains}"
             )
-        if self.num_renames < self.num_chains:
+        if self.bind_first and self.num_renames < self.num_chains:
             raise ValueError(
                 f"num_renames ({self.num_renames}) must be >= num_chains ({self.num_chains}): the first "
                 f"num_chains statements bind each chain's digit"
@@ -75,7 +81,7 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         live: set[str] = set()  # letters that are some chain's current variable
         prompt, answer, depths = [], [], []
         for r in range(self.config.num_renames):
-            c = r if r < num_chains else int(rng.integers(num_chains))
+            c = pick_chain(rng, r, num_chains, self.config.bind_first)
             old, new = rename(rng, c, current, live)
             prompt.append(f"{old}>{new};")
             answer.append(f"{values[c]}.{values[c]}.")
@@ -102,7 +108,7 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         small = num_renames <= 256  # depths fit a byte: repeat them 4x by one multiply
         depth = np.empty((n, num_renames), dtype="<u4" if small else np.uint32)  # (n, R)
         for r in range(num_renames):
-            idx = chains.pick(rng, r, np.uint8)  # (n,) the chain of statement r (chain c holds digit values[c])
+            idx = chains.pick(rng, r, np.uint8, self.config.bind_first)  # (n,) chain of statement r (digit values[c])
             old, new, d = chains.rename(rng, idx)
             stmt[:, r] = (new << 16) | old | stmt_const
             answer[:, r] = answer_word[idx]
@@ -116,48 +122,29 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
 
 
 def quick() -> VarRenameConfig:
-    """Sized for a 2-core CPU: learns depths 0-2 within minutes and stops on its own."""
+    """Sized for a 2-core CPU: depths 0-2 at >= 95% within its 8,000 steps (examples/README.md)."""
     return VarRenameConfig(
+        **CPU,
         num_chains=2,
         num_renames=8,
         train_size=200_000,
         test_size=2_000,
-        num_layers=4,
-        dim_model=64,
-        num_heads=4,
-        lr=1e-3,
-        weight_decay=0.01,
-        warmup_steps=200,
         batch_size=64,
-        num_epochs=-1,
-        max_minutes=9.0,
+        max_steps=8_000,
         eval_every_n_samples=64 * 500,
-        save_every_n_seconds=120,
     )
 
 
 def paper() -> VarRenameConfig:
-    """The original research recipe (meant for a GPU)."""
+    """The original study's recipe, field by field (meant for a GPU; its grid varies num_layers and num_heads)."""
     return VarRenameConfig(
+        **ORIGINAL,
         num_chains=4,
         num_renames=150,
         train_size=1_000_000,
         test_size=10_000,
-        num_layers=8,
-        dim_model=128,
-        num_heads=4,
         rope_base=2000.0,
-        dropout_attn=0.0,
-        dropout_mlp=0.1,
-        dropout_emb=0.1,
-        lr=1e-4,
-        weight_decay=1e-2,
-        warmup_steps=4000,
-        warmup_start_factor=1e-3,
         batch_size=128,
-        num_epochs=-1,
-        eval_every_n_samples=1_000_000,
-        save_every_n_seconds=100,
     )
 
 
