@@ -70,8 +70,26 @@ def test_overrides_file_sets_are_crossed_with_the_grid(tmp_path: Path) -> None:
         [("num_layers", "4"), ("lr", "1e-3"), ("num_heads", "1")],
         [("num_layers", "4"), ("lr", "1e-3"), ("num_heads", "2")],
     ]
-    runs = sweep.plan_runs(sets, "p", [])
-    assert runs[0].shell_command("python x.py") == "python x.py --num_layers=2 --fail --num_heads=1 --run_name=p_0"
+    runs = sweep.plan_runs(sets, "p", ["0"])
+    assert runs[0].shell_command("python x.py") == (
+        "CUDA_VISIBLE_DEVICES=0 python x.py --num_layers=2 --fail --num_heads=1 --run_name=p_0"
+    )
+
+
+def test_cpu_runs_split_the_cores_and_costs_balance_the_panes() -> None:
+    sets = [[("num_layers", str(n))] for n in (4, 1, 2, 3)]
+    cores = sweep.plan.available_cores()
+    runs = sweep.plan_runs(sets, "c", [])
+    assert {r.threads for r in runs} == {sweep.plan.CPU_THREADS_PER_RUN}
+    assert len({r.pane for r in runs}) == min(4, cores // sweep.plan.CPU_THREADS_PER_RUN)
+    assert runs[0].shell_command("python x.py").startswith("OMP_NUM_THREADS=1 python x.py --num_layers=4")
+    two = sweep.plan_runs(sets, "c", [], max_parallel=2, threads_per_run=3)
+    assert [r.pane for r in two] == [0, 1, 0, 1] and {r.threads for r in two} == {3}
+    # Longest first onto the least loaded pane: 4 layers alone, 1 + 2 + 3 layers on the other pane.
+    balanced = sweep.plan_runs(sets, "c", [], max_parallel=2, costs=[6.0, 1.0, 2.0, 3.0])
+    assert [r.pane for r in balanced] == [0, 1, 1, 1]
+    with pytest.raises(sweep.SweepError, match="threads-per-run"):
+        sweep.plan_runs(sets, "c", [], threads_per_run=0)
 
 
 @pytest.mark.parametrize(
@@ -122,14 +140,15 @@ def test_dry_run_assigns_gpus_round_robin(tmp_path: Path, capsys: pytest.Capture
     assert panes == ["pane 0, gpu 0", "pane 1, gpu 1", "pane 0, gpu 0", "pane 1, gpu 1", "pane 0, gpu 0"]
 
 
-def test_dry_run_on_cpu_sets_no_cuda_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_on_cpu_sets_threads_and_no_cuda_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--cmd", "python -m task", "--grid", "num_heads=1,2,4", "--gpus", "none", "--max-parallel", "2"]
     assert sweep.main([*argv, "--dry-run", "--skip-validation", "--extra=--preset=quick --steps=2"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    run = "OMP_NUM_THREADS=1 python -m task --preset=quick --steps=2"
     assert lines == [
-        "python -m task --preset=quick --steps=2 --num_heads=1 --run_name=sweep_0  # pane 0, cpu",
-        "python -m task --preset=quick --steps=2 --num_heads=2 --run_name=sweep_1  # pane 1, cpu",
-        "python -m task --preset=quick --steps=2 --num_heads=4 --run_name=sweep_2  # pane 0, cpu",
+        f"{run} --num_heads=1 --run_name=sweep_0  # pane 0, cpu, 1 thread(s)",
+        f"{run} --num_heads=2 --run_name=sweep_1  # pane 1, cpu, 1 thread(s)",
+        f"{run} --num_heads=4 --run_name=sweep_2  # pane 0, cpu, 1 thread(s)",
     ]
 
 

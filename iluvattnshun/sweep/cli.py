@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="GPU ids, e.g. 0,1,2,3; 'none' for CPU (default: all visible)")
     p.add_argument("--session", default=DEFAULT_SESSION, help=f"tmux session name (default {DEFAULT_SESSION!r})")
     p.add_argument("--prefix", help="run-name prefix: runs are <prefix>_<i> (default: the session name)")
-    p.add_argument("--max-parallel", type=int, help="concurrent runs per GPU (per machine on CPU); others queue")
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        help="concurrent runs per GPU (per machine on CPU: default cores / threads); others queue",
+    )
+    p.add_argument("--threads-per-run", type=int, help="torch threads (OMP_NUM_THREADS) per run (CPU default: 1)")
     p.add_argument("--extra", default="", help="arguments added to every run before its overrides")
     p.add_argument("--status-dir", help="where to keep the sweep record (default <logdir>/.sweeps/<prefix>)")
     p.add_argument("--panes-per-window", type=int, default=PANES_PER_WINDOW, help="panes per tmux window")
@@ -75,7 +80,7 @@ def _launch_main(args: argparse.Namespace) -> int:
         raise SweepError(f"--extra {args.extra!r}: {e}") from None
     sets = expand(parse_grid(args.grid), read_overrides_file(args.overrides_file) if args.overrides_file else ())
     gpus = parse_gpus(args.gpus)
-    runs = plan_runs(sets, prefix, gpus, args.max_parallel)
+    runs = plan_runs(sets, prefix, gpus, args.max_parallel, args.threads_per_run)
     n_panes = len(panes(runs))
     where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     if args.dry_run:
@@ -84,6 +89,7 @@ def _launch_main(args: argparse.Namespace) -> int:
         print(f"# session {args.session!r}: {len(runs)} runs in {n_panes} panes on {where}")
         for run in runs:
             device = "cpu" if run.gpu is None else f"gpu {run.gpu}"
+            device += "" if run.threads is None else f", {run.threads} thread(s)"
             print(f"{run.shell_command(args.cmd, extra)}  # pane {run.pane}, {device}")
         return 0
     rdir = launch(

@@ -15,6 +15,10 @@ import yaml
 VALIDATION_TIMEOUT_S = 300.0
 """Longest a ``--print_config`` validation may take (it imports torch, maybe on a busy machine)."""
 
+CPU_THREADS_PER_RUN = 1
+"""Torch threads per run on a CPU machine: the split of its cores that gave the most aggregate steps/s (several
+runs of one thread each rather than fewer runs of several threads; bench/RESULTS.md, "CPU sweeps")."""
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 """Session names and run-name prefixes."""
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -41,16 +45,23 @@ class Run:
     """Value of ``CUDA_VISIBLE_DEVICES`` for the run, or None to leave it alone (CPU)."""
     pane: int
     """Index of the pane (parallel slot) that runs it."""
+    threads: int | None = None
+    """Value of ``OMP_NUM_THREADS`` (the run's torch threads), or None to leave it alone."""
 
     def args(self, extra: Sequence[str] = ()) -> list[str]:
         """The arguments appended to the command: extra arguments, overrides, ``--run_name``."""
         overrides = [f"--{k}" if v is None else f"--{k}={v}" for k, v in self.overrides]
         return [*extra, *overrides, f"--run_name={self.run_name}"]
 
+    def env(self) -> dict[str, str]:
+        """The environment variables the run is started with (its GPU and its thread count)."""
+        env = {} if self.gpu is None else {"CUDA_VISIBLE_DEVICES": self.gpu}
+        return env if self.threads is None else {**env, "OMP_NUM_THREADS": str(self.threads)}
+
     def shell_command(self, cmd: str, extra: Sequence[str] = ()) -> str:
-        """The shell line that runs this run, with its ``CUDA_VISIBLE_DEVICES`` assignment."""
-        line = " ".join([cmd, *(shlex.quote(a) for a in self.args(extra))])
-        return line if self.gpu is None else f"CUDA_VISIBLE_DEVICES={shlex.quote(self.gpu)} {line}"
+        """The shell line that runs this run, with its environment assignments."""
+        assignments = [f"{k}={shlex.quote(v)}" for k, v in self.env().items()]
+        return " ".join([*assignments, cmd, *(shlex.quote(a) for a in self.args(extra))])
 
     def params(self) -> dict[str, str]:
         """The overrides as ``{key: value}`` (``"true"`` for a bare flag)."""
@@ -175,28 +186,59 @@ def default_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def plan_runs(
-    override_sets: Sequence[Sequence[Override]], prefix: str, gpus: Sequence[str], max_parallel: int | None = None
-) -> list[Run]:
-    """Assigns each override set a run name, a pane and a GPU.
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    Run ``i`` goes to pane ``i % P`` and GPU ``gpus[i % len(gpus)]``, where ``P`` (the number of panes)
-    is ``max_parallel * len(gpus)`` (``max_parallel`` on CPU) or, without ``max_parallel``, one pane
-    per run. ``P`` is a multiple of the GPU count, so every run of a pane uses the pane's GPU.
+
+def plan_runs(
+    override_sets: Sequence[Sequence[Override]],
+    prefix: str,
+    gpus: Sequence[str],
+    max_parallel: int | None = None,
+    threads_per_run: int | None = None,
+    costs: Sequence[float] | None = None,
+) -> list[Run]:
+    """Assigns each override set a run name, a pane, a GPU and a thread count.
+
+    On GPUs there are ``P = max_parallel * len(gpus)`` panes (one per run without ``max_parallel``), and pane
+    ``p`` uses GPU ``gpus[p % len(gpus)]``. On a CPU machine the cores are split between concurrent runs:
+    each run gets ``threads_per_run`` threads (default ``CPU_THREADS_PER_RUN``) and ``P = max_parallel``
+    (default: cores // threads) runs go at once. Runs go to panes round-robin, or, with ``costs`` (e.g. expected
+    minutes), each to the pane with the least cost so far, most costly first, so that panes end together.
     """
     if not NAME_RE.match(prefix):
         raise SweepError(f"--prefix {prefix!r}: use letters, digits, '_' and '-' only")
     if max_parallel is not None and max_parallel < 1:
         raise SweepError(f"--max-parallel {max_parallel}: must be >= 1")
+    if threads_per_run is not None and threads_per_run < 1:
+        raise SweepError(f"--threads-per-run {threads_per_run}: must be >= 1")
+    if costs is not None and len(costs) != len(override_sets):
+        raise SweepError(f"{len(costs)} costs for {len(override_sets)} runs")
     n = len(override_sets)
-    slots = n if max_parallel is None else min(n, max_parallel * max(1, len(gpus)))
+    threads = threads_per_run
+    if gpus:
+        slots = n if max_parallel is None else min(n, max_parallel * len(gpus))
+    else:
+        threads = threads or CPU_THREADS_PER_RUN
+        slots = min(n, max_parallel or max(1, available_cores() // threads))
+    pane_of = [i % slots for i in range(n)]
+    if costs is not None:
+        load = [0.0] * slots
+        for i in sorted(range(n), key=lambda i: -costs[i]):
+            pane_of[i] = min(range(slots), key=lambda p: load[p])
+            load[pane_of[i]] += costs[i]
     return [
         Run(
             index=i,
             run_name=f"{prefix}_{i}",
             overrides=tuple(o),
-            gpu=gpus[i % len(gpus)] if gpus else None,
-            pane=i % slots,
+            gpu=gpus[pane_of[i] % len(gpus)] if gpus else None,
+            pane=pane_of[i],
+            threads=threads,
         )
         for i, o in enumerate(override_sets)
     ]
@@ -210,11 +252,10 @@ def panes(runs: Sequence[Run]) -> list[list[Run]]:
     return [grouped[p] for p in sorted(grouped)]
 
 
-def child_env(gpu: str | None) -> dict[str, str]:
+def child_env(run: Run | None) -> dict[str, str]:
+    """This process's environment for a child (a run's validation, tmux), with the run's own variables."""
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    return env
+    return env if run is None else {**env, **run.env()}
 
 
 def last_line(text: str) -> str:
@@ -238,7 +279,7 @@ def validate_runs(cmd: str, runs: Sequence[Run], extra: Sequence[str] = (), cwd:
             proc = subprocess.run(
                 ["bash", "-c", line],
                 cwd=cwd,
-                env=child_env(run.gpu),
+                env=child_env(run),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

@@ -162,6 +162,7 @@ def write_record(
                 "run_name": r.run_name,
                 "overrides": [list(o) for o in r.overrides],
                 "gpu": r.gpu,
+                "threads": r.threads,
                 "pane": r.pane,
                 "command": r.shell_command(cmd, extra),
             }
