@@ -211,3 +211,4 @@ def test_investigate_notebook_runs_headless(tmp_path: Path) -> None:
     )
     assert "prompt:" in outputs and "answer:" in outputs
     assert "rows: layer whose output is patched" in outputs
+    assert "ablated (rows: layer, columns: head)" in outputs and "layer 1: mean span" in outputs

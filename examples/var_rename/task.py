@@ -148,4 +148,19 @@ def paper() -> VarRenameConfig:
     )
 
 
-PRESETS = {"quick": quick, "paper": paper}
+def depth() -> VarRenameConfig:
+    """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law): prompts deep enough to
+    show how many hops each layer count resolves; set num_layers and max_steps per model."""
+    return VarRenameConfig(
+        **CPU,
+        num_chains=2,
+        num_renames=32,
+        train_size=200_000,
+        test_size=2_000,
+        batch_size=64,
+        max_steps=9_000,
+        eval_every_n_samples=64 * 1000,
+    )
+
+
+PRESETS = {"quick": quick, "paper": paper, "depth": depth}

@@ -1,0 +1,90 @@
+"""The depth-law command end to end: a real tmux grid of tiny models, its results, a refused rerun, no tmux."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+def depth_law(args: list[str], cwd: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "PATH": path or os.environ["PATH"]}
+    return subprocess.run(
+        [sys.executable, "-m", "examples.var_rename.depth_law", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path: Path) -> None:
+    session = f"law_test_{os.getpid()}"
+    tiny = (
+        f"--extra=--dim_model=16 --num_heads=2 --train_size=256 --test_size=64 --num_renames=12 "
+        f"--eval_every_n_samples=none --dataset_path={tmp_path / 'data'}"
+    )
+    args = [f"--out={tmp_path / 'law'}", f"--session={session}", "--budget=0.003", "--eval_prompts=60", tiny]
+    try:
+        proc = depth_law(args, tmp_path)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "law"
+    for name in ("accuracy_per_depth.html", "depth_reach.html", "accuracy_per_depth.csv", "results.md"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "accuracy_per_depth.csv").open()))
+    assert {r["num_layers"] for r in rows} == {"1", "2", "3", "4"}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 and int(r["positions"]) > 0 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "| 4L2H | 27 |" in table  # 9,000 steps x budget 0.003 for the 4-layer model
+    assert "2^n" in (out / "depth_reach.html").read_text() and "plotly" in (out / "depth_reach.html").read_text()
+
+    # Results again from the existing checkpoints; another experiment in the same folder is refused.
+    again = depth_law([*args, "--results_only"], tmp_path)
+    assert again.returncode == 0 and "depth reach 90%" in again.stdout
+    other = depth_law([*args[:-1], "--eval_prompts=61", tiny], tmp_path)
+    assert other.returncode == 2 and "holds another experiment (it differs in eval)" in other.stderr
+
+
+def test_missing_tmux_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").symlink_to(sys.executable)
+    proc = depth_law([f"--out={tmp_path / 'law'}"], tmp_path, path=str(bare))
+    assert proc.returncode == 2 and "tmux is not installed" in proc.stderr
+    assert not (tmp_path / "law").exists()
+
+
+def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "0,1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "examples.var_rename.depth_law",
+            "--scale=paper",
+            f"--out={tmp_path / 'p'}",
+            "--dry_run",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 8 and all("--preset=paper" in line for line in lines)
+    grid = {(line.split("--num_layers=")[1].split()[0], line.split("--num_heads=")[1].split()[0]) for line in lines}
+    assert grid == {(str(n), str(h)) for n in (2, 3, 4, 5) for h in (1, 2)}
+    assert {line.split()[0] for line in lines} == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}
+    assert not (tmp_path / "p").exists()
