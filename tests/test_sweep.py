@@ -367,4 +367,7 @@ def test_real_var_rename_grid_through_tmux(tmp_path: Path, session: str, capsys:
         ("real_0", "1", "finished"),
         ("real_1", "2", "finished"),
     ]
-    assert all(r["final val/accuracy"] != "" for r in rows)
+    assert all(r["final val/accuracy"] != "" and r["final val/depth_reach_90"] != "" for r in rows)
+    table = capsys.readouterr().out
+    header = table.splitlines()[1].split()
+    assert header[header.index("accuracy") + 1 : header.index("accuracy") + 3] == ["depth_reach_90", "depth_reach_99"]

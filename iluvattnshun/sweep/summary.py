@@ -180,12 +180,12 @@ def swept_params(results: Sequence[RunResult]) -> list[str]:
 
 
 def metric_tags(results: Sequence[RunResult]) -> list[str]:
-    """Every scalar tag of the runs: loss and accuracy first, then the rest in natural order."""
+    """Every scalar tag of the runs: loss, accuracy and depth reach first, then the rest in natural order."""
     tags = {t for r in results for t in r.scalars}
+    first = {"loss": 0, "accuracy": 1, "depth_reach_90": 2, "depth_reach_99": 3}
 
     def key(tag: str) -> tuple[int, list[Any]]:
-        leaf = tag.split("/", 1)[-1]
-        return ({"loss": 0, "accuracy": 1}.get(leaf, 2), _natural_key(tag))
+        return (first.get(tag.split("/", 1)[-1], len(first)), _natural_key(tag))
 
     return sorted(tags, key=key)
 
