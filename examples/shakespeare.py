@@ -40,6 +40,7 @@ class ShakespeareConfig(TrainerConfig, ModelConfig, OptimConfig):
     """Character-level Tiny Shakespeare."""
 
     TASK = "shakespeare"
+    ALIASES = {"max_context_length": "context_len"}
 
     data_path: str = DEFAULT_PATH
     """Text file to train on; the default location is downloaded from the char-rnn repository if missing."""
@@ -56,6 +57,13 @@ class ShakespeareConfig(TrainerConfig, ModelConfig, OptimConfig):
         super().validate()
         if self.context_len < 2:
             raise ValueError(f"context_len must be >= 2, got {self.context_len}")
+        if not (math.isfinite(self.sample_temperature) and self.sample_temperature >= 0):
+            raise ValueError(f"sample_temperature must be a finite number >= 0, got {self.sample_temperature}")
+        if not 0 <= self.sample_tokens <= 100_000:
+            raise ValueError(f"sample_tokens must be in 0..100000, got {self.sample_tokens}")
+
+    def data_fields(self) -> list[str]:
+        return [*super().data_fields(), "data_path"]
 
 
 def quick() -> ShakespeareConfig:
@@ -212,6 +220,11 @@ class ShakespeareTrainer(Trainer[ShakespeareConfig]):
         data = lookup[data]
         split = int(0.9 * len(data))
         self.train_data, self.val_data = data[:split], data[split:]
+        if self.config.context_len >= len(self.val_data):
+            raise ValueError(
+                f"context_len must be shorter than the validation split ({len(self.val_data):,} characters of "
+                f"{self.config.data_path}), got {self.config.context_len:,}"
+            )
         missing = sorted(set(self.config.sample_prompt) - set(self.chars))
         if missing:
             raise ValueError(f"sample_prompt uses characters not in the text: {missing}")

@@ -32,6 +32,7 @@ class VarEvalConfig(PromptTaskConfig):
     """Variable evaluation: data, model, optimiser and trainer fields (see ``--help``)."""
 
     TASK = "var_eval"
+    ALIASES = {"num_renames": "num_statements"}
 
     num_chains: int = 2
     """Number of independent chains (1..25: a fresh letter must exist next to every live one)."""

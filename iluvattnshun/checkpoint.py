@@ -6,6 +6,7 @@ can run code.
 """
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,23 +34,62 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep_last_n: int) -> li
     return old
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint`` with ``weights_only=True``.
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module | str | torch.device | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    map_location: str | torch.device | None = "cpu",
+) -> Any:
+    """Load a checkpoint with ``weights_only=True``: as a dict, or, given a model, into the model.
+
+    ``load_checkpoint(path)`` returns the checkpoint dict. ``load_checkpoint(path, model, optimizer=None,
+    scheduler=None)`` is the original call form: it loads the saved state into the model (and the optimizer and
+    scheduler when given) and returns ``(epoch, step, metrics)``; it reads this project's checkpoints and the
+    original code's (``model_state_dict``, ...), or a bare state dict. A second positional argument that is a
+    device means ``map_location``, as in the earlier ``load_checkpoint(path, "cpu")``.
 
     Raises:
         FileNotFoundError: if there is no such file.
-        ValueError: if the file is not a readable checkpoint dict (truncated, or holding arbitrary objects).
+        ValueError: if the file is truncated or corrupt, holds Python objects that weights-only loading refuses
+            (a pickled model rather than a state dict), or holds no model state for ``model``.
     """
+    if isinstance(model, (str, torch.device)):
+        model, map_location = None, model
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
+        raise ValueError(
+            f"{path!r} holds Python objects that weights-only loading refuses (a pickled model or trainer, say, "
+            f"rather than state dicts); load it with torch.load(weights_only=False) only if you trust it: "
+            f"{str(e).splitlines()[0]}"
+        ) from e
     except Exception as e:
-        raise ValueError(f"cannot load checkpoint {path!r} (corrupt, or not a weights-only file): {e}") from e
+        raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
-    return state
+    if model is None:
+        return state
+    weights = state.get("model", state.get("model_state_dict", state))
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"{path!r} holds no model state dict (its keys: {', '.join(map(str, list(state)[:10]))})")
+    load_model_state_dict(model, weights, source=path)
+    for target, keys in (
+        (optimizer, ("optimizer", "optimizer_state_dict")),
+        (scheduler, ("scheduler", "scheduler_state_dict")),
+    ):
+        saved = next((state[k] for k in keys if state.get(k) is not None), None)
+        if target is not None and saved is not None:
+            target.load_state_dict(saved)
+    progress = state.get("progress", {})
+    epoch = progress.get("epoch", state.get("epoch"))
+    step = progress.get("step", state.get("step"))
+    return epoch, step, state.get("val_metrics", state.get("metrics"))
 
 
 def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:

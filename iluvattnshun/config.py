@@ -54,6 +54,10 @@ class Config:
     def validate(self) -> None:
         """Check this part's fields; raises ``ValueError`` naming the first bad one."""
 
+    def data_fields(self) -> list[str]:
+        """Fields that choose the training data: a run resumed with other values would train on other data."""
+        return []
+
 
 def declared_config_class(cls: type[Any], generic_base: type[Any]) -> type[Any]:
     """The config class ``cls`` declares by subclassing ``generic_base[TheConfig]`` (searched along its MRO).
@@ -82,7 +86,7 @@ def field_aliases(cls: type[Any]) -> dict[str, str]:
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
 _NONE = {"none", "null", "~"}
-_SPECIAL_OPTIONS = ("help", "preset", "config", "print_config")
+_SPECIAL_OPTIONS = ("help", "preset", "config", "print_config", "debug")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,36 +350,65 @@ def get_yaml_string(config: Any) -> str:
     return text
 
 
-def config_from_yaml_string(text: str, cls: type[C], source: str = "<string>") -> C:
-    """Parse YAML text (as written by ``get_yaml_string``) into a ``cls``.
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def config_from_yaml_string(
+    text: str,
+    cls: type[C],
+    source: str = "<string>",
+    base: C | None = None,
+    on_alias: Callable[[str, str], None] | None = None,
+) -> C:
+    """Parse YAML text (as written by ``get_yaml_string``) into a ``cls``; keys it lacks come from ``base``.
 
     Raises:
-        ValueError: for invalid YAML, a non-mapping document, unknown keys or ill-typed values.
+        ValueError: for invalid YAML, a key given twice, a non-mapping document, unknown keys or ill-typed values.
     """
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ValueError(f"{source} is not valid YAML: {e}") from None
+        raise ValueError(f"{source} is not valid YAML: {' '.join(str(e).split())}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{source} must hold a mapping of config fields, got {type(data).__name__}")
     try:
-        return config_from_dict(data, cls)
+        return config_from_dict(data, cls, base=base, on_alias=on_alias)
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
 
 
-def load_config_from_yaml(path: str, cls: type[C]) -> C:
+def load_config_from_yaml(
+    path: str, cls: type[C], base: C | None = None, on_alias: Callable[[str, str], None] | None = None
+) -> C:
     """Load a config saved by ``get_yaml_string`` (for example a run's ``run_<N>_<name>.yaml``).
+
+    Args:
+        path: the YAML file.
+        cls: the config class.
+        base: where the keys the file lacks come from (default: the class defaults).
+        on_alias: told of each key that uses a field's earlier name (default: a ``FutureWarning``).
 
     Raises:
         FileNotFoundError: if the file does not exist.
+        IsADirectoryError: if the path is a directory.
         ValueError: for unknown keys (named) or values that do not fit their field's type.
     """
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    return config_from_yaml_string(text, cls, source=str(path))
+    return config_from_yaml_string(text, cls, source=str(path), base=base, on_alias=on_alias)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -427,8 +460,13 @@ def format_help(
     lines.append("  --help               show this message and exit")
     if presets:
         lines.append("  --preset=NAME        start from a named preset (see below)")
-    lines.append("  --config=PATH        start from a saved run config (YAML); later flags override it")
+    lines.append(
+        "  --config=PATH        start from a saved run config (YAML); fields it lacks come from "
+        + ("the default preset" if presets and preset_name else "the defaults")
+        + "; later flags override it"
+    )
     lines.append("  --print_config       print the resolved config as YAML and exit")
+    lines.append("  --debug              show the traceback of an error")
     if presets:
         lines += ["", "presets:"]
         for name in presets:
@@ -449,6 +487,10 @@ def format_help(
 
 def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
+
+
+def _note_alias(old: str, new: str) -> None:
+    _note(f"config key {old!r} is an earlier name of {new!r}")
 
 
 def _apply_overrides(config: C, cls: type[C], overrides: list[tuple[str, str | None]]) -> C:
@@ -535,6 +577,8 @@ def parse_config(
                 if value is not None and parse_value(value, bool) is False:
                     continue
                 print_config = True
+            elif name == "debug":
+                continue  # tracebacks on errors: the program's entry point reads it (trainer.run_from_command_line)
             else:
                 overrides.append((name, value))
         if config_path is not None and any(_split_arg(a)[0] == "preset" for a in args if a not in ("--help", "-h")):
@@ -542,10 +586,14 @@ def parse_config(
 
         base: C
         if config_path is not None:
+            # A partial YAML starts from the default preset (a bounded run), not from the class defaults.
+            start = presets[default_preset]() if presets and default_preset is not None else None
             try:
-                base = load_config_from_yaml(config_path, cls)
+                base = load_config_from_yaml(config_path, cls, base=start, on_alias=_note_alias)
             except FileNotFoundError:
                 raise _CLIError(f"--config: no such file {config_path!r}") from None
+            except IsADirectoryError:
+                raise _CLIError(f"--config: {config_path!r} is a directory, not a YAML file") from None
             except (ValueError, TypeError) as e:
                 raise _CLIError(f"--config: {e}") from None
         elif presets and preset_name is not None:

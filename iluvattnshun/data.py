@@ -124,7 +124,8 @@ class ArrayLoader:
         self._skip = 0
         if self.drop_last and len(self) == 0:
             raise ValueError(
-                f"{self.num_rows} rows give no full batch of {batch_size} per rank for world_size={world_size}"
+                f"batch_size={batch_size} is more than the {self.num_rows} rows give each of {world_size} rank(s): "
+                "no full batch"
             )
 
     @classmethod

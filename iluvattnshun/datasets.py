@@ -34,6 +34,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import datasets
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+import xxhash
 from datasets.table import InMemoryTable
 from tqdm import tqdm
 
@@ -110,7 +112,7 @@ def make_dataset(
     problem = None
     if final.exists():
         try:
-            return _load_checked(final, spec)
+            return _load_verified(final, spec, prompter.vocab_size)
         except _CacheError as e:
             problem = e
     # One builder at a time per dataset: runs of a sweep started together wait for the first one's build.
@@ -118,7 +120,7 @@ def make_dataset(
         _remove_stale_temporaries(root)
         if final.exists():
             try:
-                return _load_checked(final, spec)
+                return _load_verified(final, spec, prompter.vocab_size)
             except _CacheError as e:
                 problem = e
         if problem is not None:
@@ -167,7 +169,7 @@ def _build_into(
         meta = {
             "spec": spec,
             "num_rows": {split: leakage[f"{split}_size"] for split in _SPLITS},
-            "files": {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()},
+            "files": {str(p.relative_to(tmp)): _file_record(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
             "leakage": leakage,
             "build_seconds": round(time.perf_counter() - start, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -432,6 +434,13 @@ def _merge_chunk_schemas(chunks: dict[str, list[dict[str, np.ndarray]]], name: s
 # --- cache directory --------------------------------------------------------------------------------
 
 
+def _load_verified(directory: Path, spec: Mapping[str, Any], vocab_size: int) -> datasets.DatasetDict:
+    """``_load_checked``, and every token id within the vocabulary."""
+    dsd = _load_checked(directory, spec)
+    _check_tokens(dsd, vocab_size)
+    return dsd
+
+
 def _load_checked(directory: Path, spec: Mapping[str, Any]) -> datasets.DatasetDict:
     """Load a cached dataset, or raise ``_CacheError`` saying why it cannot be trusted."""
     try:
@@ -441,11 +450,15 @@ def _load_checked(directory: Path, spec: Mapping[str, Any]) -> datasets.DatasetD
         raise _CacheError(f"cannot read {META_FILE}: {type(e).__name__}: {e}") from None
     if recorded != spec:
         raise _CacheError(f"recorded spec {recorded} differs from the requested {dict(spec)}")
-    for rel, size in files.items():
+    for rel, written in files.items():
         p = directory / rel
+        if not isinstance(written, dict):
+            raise _CacheError("it was recorded without checksums (by an earlier version)")
         actual = p.stat().st_size if p.is_file() else None
-        if actual != size:
-            raise _CacheError(f"{rel} has {actual} bytes, {size} were written")
+        if actual != written["bytes"]:
+            raise _CacheError(f"{rel} has {actual} bytes, {written['bytes']} were written")
+        if _file_record(p)["xxh3"] != written["xxh3"]:
+            raise _CacheError(f"{rel} does not hold the bytes that were written (checksum mismatch)")
     try:
         dsd = datasets.load_from_disk(str(directory))
     except Exception as e:  # any failure inside datasets/arrow means the files are not usable
@@ -456,6 +469,29 @@ def _load_checked(directory: Path, spec: Mapping[str, Any]) -> datasets.DatasetD
         if dsd[split].num_rows != num_rows.get(split):
             raise _CacheError(f"{split} has {dsd[split].num_rows} rows, {num_rows.get(split)} were written")
     return dsd
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """Size and content checksum (xxh3, 64 bits) of a cache file, read in 16 MB blocks."""
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "xxh3": digest.hexdigest()}
+
+
+def _check_tokens(dsd: datasets.DatasetDict, vocab_size: int) -> None:
+    """Raise ``_CacheError`` when a token column holds an id outside the vocabulary."""
+    for split in _SPLITS:
+        table = dsd[split].data.table
+        for key in TOKEN_COLUMNS:
+            column = table.column(key)
+            values = pc.list_flatten(column) if pa.types.is_fixed_size_list(column.type) else column
+            top = pc.max(values).as_py()
+            if top is not None and top >= vocab_size:
+                raise _CacheError(
+                    f"{split} column {key!r} holds token id {top}, outside the vocabulary of {vocab_size}"
+                )
 
 
 def _install(tmp: Path, final: Path, spec: Mapping[str, Any]) -> None:

@@ -131,6 +131,11 @@ class KVCache:
             self.keys[layer], self.values[layer] = kbuf, vbuf
         elif kbuf.shape[0] != k.shape[0]:
             raise ValueError(f"KV cache holds batch size {kbuf.shape[0]} but the input has batch size {k.shape[0]}")
+        elif (kbuf.shape[1], kbuf.shape[3]) != (k.shape[1], k.shape[3]):
+            raise ValueError(
+                f"KV cache layer {layer} holds {kbuf.shape[1]} heads of dim {kbuf.shape[3]}, this model's "
+                f"{k.shape[1]} heads of dim {k.shape[3]}: the cache comes from another model"
+            )
         kbuf[:, :, start:end] = k
         vbuf[:, :, start:end] = v
         return kbuf[:, :, :end], vbuf[:, :, :end]
@@ -440,6 +445,15 @@ class MultilayerTransformer(_Hookable):
         """
         if x.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(x.shape)}")
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise ValueError(f"token ids must be integers, got {x.dtype}")
+        if x.device.type == "cpu" and x.numel() and not 0 <= int(x.min()) <= int(x.max()) < self.vocab_size:
+            # (on a GPU the check would cost a sync per forward; the embedding asserts there instead)
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {int(x.min())}..{int(x.max())}")
+        if kv_cache is not None and len(kv_cache.keys) != self.num_layers:
+            raise ValueError(
+                f"the KV cache has {len(kv_cache.keys)} layers, this model {self.num_layers}: it comes from another model"
+            )
         B, T = x.shape
         if kv_cache is None and return_new_kv_cache:
             kv_cache = KVCache(self.num_layers, T)
@@ -496,8 +510,8 @@ class MultilayerTransformer(_Hookable):
             raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         B, P = prompt.shape

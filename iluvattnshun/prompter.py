@@ -72,6 +72,9 @@ class PromptConfig(Config, ABC):
     def data_hash_params(self) -> list[str]:
         """Names of the fields whose values shape the generated data (and so version the cache)."""
 
+    def data_fields(self) -> list[str]:
+        return [*super().data_fields(), *self.data_hash_params(), "train_size", "test_size", "data_seed", "dedup_test"]
+
     def data_config(self) -> dict[str, Any]:
         """The values of ``data_hash_params()``, by name."""
         return {name: getattr(self, name) for name in self.data_hash_params()}
@@ -181,7 +184,10 @@ class Prompter(ABC, Generic[C]):
         """Text of a 1-D sequence of token ids (a list, numpy array or CPU torch tensor)."""
         if not self.VOCAB:
             raise NotImplementedError(f"{type(self).__name__} sets no VOCAB: override detokenize")
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        raw = np.asarray(tokens)
+        if raw.size and raw.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got {raw.dtype} ({raw.reshape(-1)[:5].tolist()}...)")
+        ids = raw.astype(np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.VOCAB)):
             raise ValueError(f"token ids must be in [0, {len(self.VOCAB)}), got {ids.min()}..{ids.max()}")
         return self._id_to_char[ids].tobytes().decode("ascii")

@@ -20,6 +20,7 @@ character marks positions without a target, which the loss ignores). Every hook 
 overridden in a subclass of ``PromptTaskTrainer``.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
@@ -29,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iluvattnshun import distributed as tdist
-from iluvattnshun.config import parse_config
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader
 from iluvattnshun.datasets import dataset_arrays, dataset_meta, make_dataset
 from iluvattnshun.model_config import ModelConfig, build_model
@@ -59,6 +59,8 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             raise ValueError(f"val_batch_size must be >= 1, got {self.val_batch_size}")
+        if self.batch_size > self.train_size and not self.streaming:
+            raise ValueError(f"batch_size ({self.batch_size}) must not exceed train_size ({self.train_size})")
         if self.depth_min_positions < 1:
             raise ValueError(f"depth_min_positions must be >= 1, got {self.depth_min_positions}")
 
@@ -90,9 +92,6 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     DEPTH_COLUMN: str = "depth"
     """Metadata column whose values split the accuracy (``acc_per_depth/<d>``); absent columns are skipped."""
 
-    dataset: datasets.DatasetDict
-    """The cached dataset (from ``setup``)."""
-
     def __init__(self, prompter: Prompter[C]) -> None:
         """Args:
         prompter: the task; its config is the run's config.
@@ -107,15 +106,21 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     def get_model(self) -> nn.Module:
         return build_model(self.prompter.vocab_size, self.config)
 
+    def output_dirs(self) -> dict[str, str]:
+        return {**super().output_dirs(), "dataset_path": self.config.dataset_path}
+
     # --- data -----------------------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        """Build (rank 0) or load (the other ranks, once it exists) the cached dataset."""
+    @functools.cached_property
+    def dataset(self) -> datasets.DatasetDict:
+        """The cached dataset, built (rank 0) or loaded (the other ranks, once it exists) when the loaders ask for
+        it: after the model and its weights, so that a run refused for those leaves no dataset behind."""
         if self.rank != 0:
             tdist.barrier()  # wait until rank 0 has generated and saved it; then load the cache
-        self.dataset = make_dataset(self.prompter, progress=self.is_main)
+        dsd = make_dataset(self.prompter, progress=self.is_main)
         if self.rank == 0:
             tdist.barrier()
+        return dsd
 
     def get_train_dataloader(self) -> Iterable[Any]:
         c = self.config
@@ -259,7 +264,6 @@ def main(
         presets: named base configs; ``default_preset`` is used without ``--preset`` (if there are presets).
         argv: arguments (default ``sys.argv[1:]``).
     """
-    config_class = prompter_class.config_class()
     chosen = default_preset if presets and default_preset in presets else None
-    config = parse_config(config_class, argv, presets=presets, default_preset=chosen)
-    run_from_command_line(lambda: PromptTaskTrainer(prompter_class(config)))
+    config_class: type[PromptTaskConfig] = prompter_class.config_class()  # type: ignore[assignment]
+    run_from_command_line(config_class, lambda c: PromptTaskTrainer(prompter_class(c)), argv, presets, chosen)

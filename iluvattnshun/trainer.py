@@ -56,6 +56,7 @@ from iluvattnshun.checkpoint import (
 )
 from iluvattnshun.checkpoint import save_checkpoint as write_checkpoint
 from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, parse_config
+from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
 from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
 
@@ -186,12 +187,21 @@ class Progress:
     """Seconds spent in the training loop, summed over resumes."""
 
 
+class ConfigError(ValueError):
+    """The run cannot start with these settings; raised by ``run()`` before anything is created (a command line
+    reports it in one line and exits with status 2)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite and ``skip_nonfinite`` is off."""
 
 
 class _NonFiniteStep(Exception):
     pass
+
+
+class _Interrupted(Exception):
+    """A signal arrived during an evaluation: its partial metrics are dropped."""
 
 
 def class_path(cls: type) -> str:
@@ -204,14 +214,46 @@ def class_path(cls: type) -> str:
     return f"{module}:{cls.__qualname__}"
 
 
-def run_from_command_line(make_trainer: "Callable[[], Trainer[Any]]") -> None:
-    """Build a trainer and run it as a command-line program: a problem with the input (a ``ValueError`` or a
-    missing file) ends with one ``error: ...`` line and exit status 2."""
+DEBUG_ENV = "ILUVATTNSHUN_DEBUG"
+"""Set (to anything but 0) to see tracebacks of errors on the command line, as ``--debug`` does."""
+
+
+def run_from_command_line(
+    config_class: type[C],
+    make_trainer: "Callable[[C], Trainer[Any]]",
+    argv: list[str] | None,
+    presets: Mapping[str, Callable[[], C]] | None = None,
+    default_preset: str | None = None,
+) -> None:
+    """Parse the command line into a ``config_class``, build a trainer from it and run it, as a program.
+
+    Bad input ends before any work with one ``error: ...`` line and exit status 2 (a bad flag or value, or a
+    ``ConfigError`` from ``run()``); a crash with one line and status 1; a run stopped by a signal, after saving,
+    with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM). ``--debug`` (or ``ILUVATTNSHUN_DEBUG=1``) shows
+    the traceback instead.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+    config = parse_config(
+        config_class, [a for a in args if a != "--debug"], presets=presets, default_preset=default_preset
+    )
+    trainer = None
     try:
-        make_trainer().run()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        trainer = make_trainer(config)
+        trainer.run()
+    except ConfigError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as e:
+        if debug:
+            raise
+        message = " ".join(str(e).split())
+        print(f"error: {type(e).__name__}: {message} (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+    if trainer.stopped_by_signal is not None:
+        raise SystemExit(128 + trainer.stopped_by_signal)
 
 
 def move_to_device(batch: T, device: str | torch.device) -> T:
@@ -293,6 +335,8 @@ class Trainer(ABC, Generic[C]):
         self.ckpt_dir: str | None = None
         self.progress = Progress()
         self.last_val_metrics: dict[str, Any] = {}
+        self.stopped_by_signal: int | None = None
+        """The signal (SIGINT, SIGTERM) that stopped the last ``run()`` after saving, or None."""
         self.init_state()
 
     @classmethod
@@ -312,8 +356,7 @@ class Trainer(ABC, Generic[C]):
 
         ``if __name__ == "__main__": MyTrainer.main()`` is all a script needs.
         """
-        config = parse_config(cls.config_class(), argv, presets=presets, default_preset=default_preset)
-        run_from_command_line(lambda: cls(config))  # type: ignore[arg-type]
+        run_from_command_line(cls.config_class(), cls, argv, presets, default_preset)
 
     # ------------------------------------------------------------------------------------------------------
     # Hooks
@@ -413,37 +456,55 @@ class Trainer(ABC, Generic[C]):
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _prepare_run_dir(self) -> tuple[str, str | None]:
-        """On rank 0: allocate (or, for --resume, find) the run directory; returns it and the checkpoint."""
+    def output_dirs(self) -> dict[str, str]:
+        """The directories the run writes to, by the field that names them (checked writable before any work)."""
         cfg = self.config
-        error = None
-        run_dir = ""
-        ckpt: str | None = None
+        dirs = {"tensorboard_logdir": cfg.tensorboard_logdir}
+        if cfg.save_model_path:
+            dirs["save_model_path"] = cfg.save_model_path
+        return dirs
+
+    def _preflight(self) -> tuple[rundir.RunDir, str] | None:
+        """Rank 0, before any work: output directories writable, the checkpoint to resume (the newest loadable
+        one of the newest matching run that has one) or ``load_model_path`` readable. Returns what to resume."""
+        cfg = self.config
+        for field, directory in self.output_dirs().items():
+            check_writable(directory, field)
+        if cfg.load_model_path:
+            if not os.path.isfile(cfg.load_model_path):
+                raise ValueError(f"load_model_path: no such file {cfg.load_model_path!r}")
+            load_checkpoint(cfg.load_model_path)  # unreadable: refused now, not after the run directory exists
+        if not cfg.resume:
+            return None
+        runs = rundir.matching_runs(cfg.tensorboard_logdir, cfg.run_name)
+        if not runs:
+            listing = ", ".join(r.base for r in rundir.list_runs(cfg.tensorboard_logdir)[-10:]) or "none"
+            raise ValueError(
+                f"resume: no run directory {cfg.run_name!r} under {cfg.tensorboard_logdir!r} (existing runs: {listing})"
+            )
+        skipped = []
+        for run in runs:
+            ckpt_dir = cfg.save_model_path or str(run.path)
+            for path in reversed(rundir.list_checkpoints(ckpt_dir)):
+                try:
+                    load_checkpoint(path)
+                except ValueError as e:
+                    skipped.append(f"{path} is unreadable ({str(e).splitlines()[0]})")
+                    continue
+                if skipped:
+                    self._notices.append(("resume: falling back", "\n".join(skipped)))
+                return run, str(path)
+            skipped.append(f"{ckpt_dir} holds no checkpoint (ckpt_*.pt)")
+        raise ValueError("resume: " + "; ".join(skipped))
+
+    def _allocate_run_dir(self) -> str:
+        """Rank 0 creates a fresh run directory; every rank gets its path."""
+        path = ""
         if self.is_main:
-            try:
-                if cfg.resume:
-                    runs = rundir.matching_runs(cfg.tensorboard_logdir, cfg.run_name)
-                    if not runs:
-                        listing = ", ".join(r.base for r in rundir.list_runs(cfg.tensorboard_logdir)[-10:]) or "none"
-                        raise ValueError(
-                            f"--resume: no run directory {cfg.run_name!r} under {cfg.tensorboard_logdir!r} "
-                            f"(existing runs: {listing})"
-                        )
-                    run_dir = str(runs[0].path)
-                    ckpt_dir = cfg.save_model_path or run_dir
-                    found = rundir.list_checkpoints(ckpt_dir)
-                    if not found:
-                        raise ValueError(f"--resume: {ckpt_dir!r} holds no checkpoint (ckpt_*.pt)")
-                    ckpt = str(found[-1])
-                else:
-                    name = cfg.run_name or datetime.now().strftime("%Y%m%d_%H%M%S")
-                    run_dir = str(rundir.allocate(cfg.tensorboard_logdir, name).path)
-            except (ValueError, OSError) as e:
-                error = str(e)
-        run_dir, ckpt, error = tdist.broadcast_object((run_dir, ckpt, error))
-        if error is not None:
-            raise ValueError(error)
-        return run_dir, ckpt
+            name = self.config.run_name or datetime.now().strftime("%Y%m%d_%H%M%S")
+            path = str(rundir.allocate(self.config.tensorboard_logdir, name).path)
+        result: str = tdist.broadcast_object(path)
+        return result
 
     def _write_run_files(self, resumed: bool) -> None:
         assert self.run_dir is not None
@@ -469,7 +530,7 @@ class Trainer(ABC, Generic[C]):
         if not isinstance(weights, Mapping):
             raise ValueError(f"{path!r} holds no model state dict")
         load_model_state_dict(self.model, weights, source=path)
-        self.logger.notice("loaded model weights", path)
+        self._notices.append(("loaded model weights", path))
 
     def _restore(self, path: str) -> list[Any]:
         """Load a trainer checkpoint into model, optimizer, scheduler and counters; returns the RNG states."""
@@ -488,13 +549,23 @@ class Trainer(ABC, Generic[C]):
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             # Each rank's data position and RNG stream only carry over with the same number of ranks.
-            self.logger.notice(
-                "resume: world size changed",
-                f"checkpoint from {saved_world} process(es), now {self.world_size}: restarting the current epoch",
+            self._notices.append(
+                (
+                    "resume: world size changed",
+                    f"checkpoint from {saved_world} process(es), now {self.world_size}: restarting the current epoch",
+                )
             )
             self.progress.batch_idx = 0
         old = yaml.safe_load(state.get("config", "")) or {}
         new = config_to_dict(self.config)
+        data_changes = [
+            f"{k}: {old[k]!r} -> {new[k]!r}" for k in self.config.data_fields() if k in old and old[k] != new[k]
+        ]
+        if data_changes:
+            raise ValueError(
+                f"resume: the run was trained on other data ({'; '.join(data_changes)}); resume it with its own data "
+                "settings, or start a new run"
+            )
         diffs = [
             f"{k}: {old[k]!r} -> {v!r}"
             for k, v in new.items()
@@ -504,9 +575,11 @@ class Trainer(ABC, Generic[C]):
         self._recorded_config = dataclasses.replace(
             self.config, resume=False, run_name=str(old.get("run_name", self.config.run_name))
         )
-        self.logger.notice(
-            f"resumed from {path} at step {self.progress.step:,}",
-            ("config changes: " + "; ".join(diffs)) if diffs else "",
+        self._notices.append(
+            (
+                f"resumed from {path} at step {self.progress.step:,}",
+                ("config changes: " + "; ".join(diffs)) if diffs else "",
+            )
         )
         rng = state["rng"]
         return list(rng) if saved_world == self.world_size else []
@@ -531,34 +604,59 @@ class Trainer(ABC, Generic[C]):
     def _run(self) -> None:
         cfg = self.config
         seed_everything(cfg.seed + self.rank)
-        self.setup()
-        self.run_dir, resume_ckpt = self._prepare_run_dir()
-        self.ckpt_dir = cfg.save_model_path or self.run_dir
-        if self.is_main:
-            purge_step = None
-            if resume_ckpt is not None and (step := rundir.checkpoint_step(resume_ckpt)) is not None:
-                purge_step = step + 1  # hide what the interrupted run logged after its checkpoint
-            self.logger = Logger(
-                self.run_dir,
-                precision=cfg.log_fp,
-                log_every_n_seconds=cfg.log_every_n_seconds,
-                run_name=os.path.basename(os.path.normpath(self.run_dir)),
-                purge_step=purge_step,
-            )
-        self._recorded_config = self.config
-        try:
+        self._notices: list[tuple[str, str]] = []  # shown once the logger exists
+        with contextlib.ExitStack() as held:
+            try:
+                # Everything that can refuse the run, before anything is created (a dataset cache aside).
+                error, found = None, None
+                if self.is_main:
+                    try:
+                        resume = self._preflight()
+                        if resume is not None:
+                            held.enter_context(resume[0].lock())  # a second process resuming this run is refused
+                            found = (str(resume[0].path), resume[1])
+                    except (ValueError, OSError) as e:
+                        error = str(e)
+                error, found = tdist.broadcast_object((error, found))
+                if error is not None:
+                    raise ValueError(error)
+                resume_path, resume_ckpt = found if found is not None else (None, None)
+                self._recorded_config = self.config  # on resume, _restore records the run's own name
+                self.setup()
+                self.model = self.get_model().to(self.device)
+                self.optimizer = self.get_optimizer(self.model)
+                self.scheduler = self.get_scheduler(self.optimizer)
+                rng_states: list[Any] = []
+                if resume_ckpt is not None:
+                    rng_states = self._restore(resume_ckpt)
+                elif cfg.load_model_path:
+                    self._load_model_weights(cfg.load_model_path)
+                self.train_loader = self.get_train_dataloader()
+                self.val_loader = self.get_val_dataloader()
+            except (ValueError, OSError) as e:
+                raise ConfigError(" ".join(str(e).split())) from e
+            self.run_dir = resume_path if resume_path is not None else self._allocate_run_dir()
+            self.ckpt_dir = cfg.save_model_path or self.run_dir
+            if self.is_main:
+                if resume_path is None:
+                    held.enter_context(rundir.RunDir(Path(self.run_dir)).lock())
+                purge_step = None
+                if resume_ckpt is not None and (step := rundir.checkpoint_step(resume_ckpt)) is not None:
+                    purge_step = step + 1  # hide what the interrupted run logged after its checkpoint
+                self.logger = Logger(
+                    self.run_dir,
+                    precision=cfg.log_fp,
+                    log_every_n_seconds=cfg.log_every_n_seconds,
+                    run_name=os.path.basename(os.path.normpath(self.run_dir)),
+                    purge_step=purge_step,
+                )
+            held.callback(self.logger.close)
             if cfg.precision == "bf16" and self.device.type != "cuda":
-                self.logger.notice("precision", f"bf16 autocast needs CUDA; training in fp32 on {self.device}")
-
-            self.model = self.get_model().to(self.device)
-            self.optimizer = self.get_optimizer(self.model)
-            self.scheduler = self.get_scheduler(self.optimizer)
-            rng_states: list[Any] = []
+                self._notices.append(("precision", f"bf16 autocast needs CUDA; training in fp32 on {self.device}"))
+            for title, text in self._notices:
+                self.logger.notice(title, text)
             if resume_ckpt is not None:
                 self._cleanup_temp_files()
-                rng_states = self._restore(resume_ckpt)
-            elif cfg.load_model_path:
-                self._load_model_weights(cfg.load_model_path)
             self._write_run_files(resumed=resume_ckpt is not None)
 
             self._fwd_model: nn.Module = self.model
@@ -569,8 +667,6 @@ class Trainer(ABC, Generic[C]):
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
                 self._train_model = DistributedDataParallel(self._fwd_model, device_ids=device_ids)
 
-            self.train_loader = self.get_train_dataloader()
-            self.val_loader = self.get_val_dataloader()
             self.on_run_start()
             if rng_states:
                 # Restored last so that building the model and data above does not shift the RNG streams.
@@ -578,8 +674,6 @@ class Trainer(ABC, Generic[C]):
 
             with self._signal_handlers():
                 self._train_loop()
-        finally:
-            self.logger.close()
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:
@@ -679,10 +773,17 @@ class Trainer(ABC, Generic[C]):
             try:
                 self._train_step(micro_batches)
             except _NonFiniteStep as e:
-                path = self.save_checkpoint()
+                saved = (
+                    f"saved the last good state to {self.save_checkpoint()}"
+                    if self._parameters_finite()
+                    else (
+                        f"the parameters were no longer finite and were not saved (last good checkpoint: "
+                        f"{self._last_checkpoint()})"
+                    )
+                )
                 raise NonFiniteLossError(
-                    f"{e}; saved the last good state to {path}. Lower the learning rate, set --grad_norm_max, "
-                    "or pass --skip_nonfinite to skip such steps."
+                    f"{e}; {saved}. Lower the learning rate, set --grad_norm_max, or pass --skip_nonfinite to skip "
+                    "such steps."
                 ) from None
             self._maybe_log_train()
             if self._eval_due():
@@ -691,7 +792,9 @@ class Trainer(ABC, Generic[C]):
             if save:
                 self.save_checkpoint()
             if interrupted:
-                reason = "interrupted by a signal"
+                # A rank of a distributed run may learn of the signal from another rank.
+                self.stopped_by_signal = self._signal_received or int(signal.SIGTERM)
+                reason = f"stopped by {signal.Signals(self.stopped_by_signal).name}"
             elif out_of_time:
                 reason = f"reached max_minutes={cfg.max_minutes}"
 
@@ -818,8 +921,7 @@ class Trainer(ABC, Generic[C]):
         return bool(tdist.all_reduce_max([local], self.device)[0])
 
     def _raise_lazy_nonfinite(self) -> None:
-        saved = rundir.list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
-        last = saved[-1] if saved else None
+        last = self._last_checkpoint()
         raise NonFiniteLossError(
             f"non-finite loss or gradient norm at or before step {self.progress.step}; the model is no longer "
             f"finite and was not saved (last good checkpoint: {last}). Lower the learning rate, set "
@@ -908,6 +1010,8 @@ class Trainer(ABC, Generic[C]):
         order: list[str] = []
         try:
             for batch in self.val_loader:
+                if not self._distributed and getattr(self, "_signal_received", None) is not None:
+                    raise _Interrupted  # a signal stops a long evaluation between batches
                 batch = move_to_device(batch, self.device)
                 bs = batch_size_of(batch)
                 with self._autocast():
@@ -953,7 +1057,10 @@ class Trainer(ABC, Generic[C]):
     def _evaluate(self) -> None:
         p = self.progress
         start = time.time()
-        metrics = self.evaluate()
+        try:
+            metrics = self.evaluate()
+        except _Interrupted:
+            return
         p.last_eval_samples = p.samples_seen
         p.eval_count += 1
         self.last_val_metrics = metrics
@@ -982,16 +1089,33 @@ class Trainer(ABC, Generic[C]):
             "val_metrics": {k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
         }
 
+    def _parameters_finite(self) -> bool:
+        """Whether every parameter is finite (one device sync)."""
+        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    def _last_checkpoint(self) -> str | None:
+        saved = rundir.list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
+        return str(saved[-1]) if saved else None
+
     def save_checkpoint(self) -> str | None:
         """Write ``ckpt_<step>.pt`` (rank 0) unless this step is already saved; returns the path.
 
         Must be called by every rank of a distributed run at the same step.
+
+        Raises:
+            NonFiniteLossError: when a parameter is not finite: such a state is never saved as a checkpoint.
         """
         assert self.ckpt_dir is not None
         path = os.path.join(self.ckpt_dir, rundir.checkpoint_name(self.progress.step))
         self._last_save_time = time.time()
         if self._last_saved_step == self.progress.step and os.path.exists(path):
             return path
+        if not self._parameters_finite():
+            raise NonFiniteLossError(
+                f"the parameters are not finite at step {self.progress.step}: not saved (last good checkpoint: "
+                f"{self._last_checkpoint()})"
+            )
         state = self.checkpoint_state()
         if self.is_main:
             write_checkpoint(path, state)

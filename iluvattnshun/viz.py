@@ -109,6 +109,7 @@ def get_fig(
     selected_heads: Iterable[int] | None = None,
     selected_x_toks: Iterable[int] | None = None,
     selected_y_toks: Iterable[int] | None = None,
+    base_height: int | None = None,
 ) -> go.Figure:
     """Draws a grid of attention heatmaps, one subplot per selected layer (row) and head (column).
 
@@ -127,6 +128,8 @@ def get_fig(
         selected_heads: heads to show, in this order (None for all); out-of-range ones are dropped.
         selected_x_toks: key positions to show (None for all); shown in position order.
         selected_y_toks: query positions to show (None for all); shown in position order.
+        base_height: the original name for sizing: each subplot this many pixels high, its width following
+            the shown tokens' aspect ratio (replaces ``plot_size``).
 
     Returns:
         The plotly figure.
@@ -149,6 +152,10 @@ def get_fig(
     sel_heads = _select("selected_heads", selected_heads, n_heads, "head")
     xs = sorted(_select("selected_x_toks", selected_x_toks, k_len, "key token"))
     ys = sorted(_select("selected_y_toks", selected_y_toks, k_len, "query token", lo=offset))
+    if base_height is not None:
+        if base_height <= 0:
+            raise ValueError(f"base_height must be positive, got {base_height}")
+        width, height = max(1, round(base_height * len(xs) / len(ys))), base_height
 
     x_cats = [f"{p}:{_display_label(labels[p])}" for p in xs]
     y_cats = [f"{p}:{_display_label(labels[p])}" for p in ys]

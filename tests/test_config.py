@@ -174,6 +174,47 @@ def test_print_config_and_config_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cfg == TaskConfig(num_layers=7, note="hi", lr=0.5)
 
 
+def test_partial_config_starts_from_the_default_preset_and_bad_files_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "partial.yaml"
+    path.write_text("lr: 0.5\n")
+    assert parse([f"--config={path}"]) == TaskConfig(num_layers=2, lr=0.5)  # the small preset's num_layers
+    path.write_text("lr: 0.5\nnum_layers: 3\nlr: 0.6\n")
+    assert "duplicate key 'lr'" in expect_exit([f"--config={path}"], capsys)
+    assert "is a directory" in expect_exit([f"--config={tmp_path}"], capsys)
+
+
+@dataclass(kw_only=True)
+class Renamed(TaskConfig):
+    """A config whose fields had other names once."""
+
+    ALIASES = {"learning_rate": "lr", "n_layers": "num_layers"}
+
+
+def test_earlier_names_are_accepted_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = parse_config(Renamed, ["--learning_rate=0.25", "--n_layers=3"])
+    assert (cfg.lr, cfg.num_layers) == (0.25, 3)
+    assert capsys.readouterr().err.splitlines() == [
+        "note: --learning_rate is an earlier name of --lr",
+        "note: --n_layers is an earlier name of --num_layers",
+    ]
+    path = tmp_path / "old.yaml"
+    path.write_text("learning_rate: 0.5\n")
+    assert parse_config(Renamed, [f"--config={path}"]).lr == 0.5
+    assert "config key 'learning_rate' is an earlier name of 'lr'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(Renamed, ["--learning_rat=1"])
+    assert "unknown option --learning_rat; did you mean --lr?" in capsys.readouterr().err
+    path.write_text("learning_rate: 0.5\nlr: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse_config(Renamed, [f"--config={path}"])
+    assert "both set 'lr'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(Renamed, ["--help"])
+    assert "--learning_rate -> --lr" in capsys.readouterr().out
+
+
 def test_yaml_round_trip_is_exact(tmp_path: Path) -> None:
     cfg = TaskConfig(
         lr=0.1 + 0.2,

@@ -16,6 +16,7 @@ import pytest
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from iluvattnshun.datasets import (
     DatasetCacheWarning,
+    _file_record,
     data_hash,
     dataset_arrays,
     dataset_dir,
@@ -111,8 +112,26 @@ def test_multiprocess_generation_gives_the_same_dataset(tmp_path: Path) -> None:
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
 
 
-@pytest.mark.parametrize("damage", ["truncate_arrow", "delete_arrow", "garbage_meta", "other_spec"])
-def test_corrupted_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage: str) -> None:
+def _same_size_garbage(arrow: Path) -> None:
+    """Overwrite the middle of a file with 0xFF bytes (token id 255, outside the toy vocabulary), keeping its size."""
+    data = bytearray(arrow.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = b"\xff" * 64
+    arrow.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncate_arrow", "bytes"),
+        ("delete_arrow", "bytes"),
+        ("garbage_meta", "cannot read"),
+        ("other_spec", "differs"),
+        ("same_size_garbage", "checksum mismatch"),
+        ("garbage_with_matching_checksum", "outside the vocabulary"),
+    ],
+)
+def test_corrupted_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage: str, reason: str) -> None:
     p = _toy(tmp_path, 200, 20)
     good = dataset_arrays(make_dataset(p, progress=False)["train"])
     ds_dir = dataset_dir(p)
@@ -124,12 +143,18 @@ def test_corrupted_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage: str) 
         arrow.unlink()
     elif damage == "garbage_meta":
         meta.write_text("{not json")
-    else:
+    elif damage == "other_spec":
         recorded = json.loads(meta.read_text())
         recorded["spec"]["params"]["max_length"] = 99
         meta.write_text(json.dumps(recorded))
+    else:
+        _same_size_garbage(arrow)
+        if damage == "garbage_with_matching_checksum":  # a cache whose record was rewritten to match: ids checked
+            recorded = json.loads(meta.read_text())
+            recorded["files"][str(arrow.relative_to(ds_dir))] = _file_record(arrow)
+            meta.write_text(json.dumps(recorded))
     calls = ToyPrompter.calls
-    with pytest.warns(DatasetCacheWarning, match="rebuilding"):
+    with pytest.warns(DatasetCacheWarning, match=reason):
         rebuilt = make_dataset(p, progress=False)
     assert ToyPrompter.calls > calls
     assert np.array_equal(dataset_arrays(rebuilt["train"])["prompt"], good["prompt"])

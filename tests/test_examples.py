@@ -141,6 +141,64 @@ def test_cli_help_presets_and_errors(tmp_path: Path) -> None:
     assert typo.returncode == 2 and "num_nodes" in typo.stderr
 
 
+ORIGINAL_RUN_YAML = """\
+batch_size: 128
+dataset_path: data/var_rename
+device: cuda
+dim_model: 128
+dropout_attn: 0.0
+dropout_emb: 0.1
+dropout_mlp: 0.1
+eval_every_n_samples: 1000000
+grad_norm_max: 1.0
+learning_rate: 0.0001
+load_model_path: null
+log_every_n_seconds: 3
+log_fp: 4
+lr_start_factor: 0.001
+num_chains: 4
+num_epochs: 1000
+num_heads: 2
+num_layers: 5
+num_renames: 150
+overwrite_existing_checkpoints: true
+rope_base: 2000.0
+run_name: sweep_7
+save_every_n_seconds: 100
+save_model_path: null
+tensorboard_logdir: logs/var_rename
+test_size: 10000
+train_size: 1000000
+warmup_steps: 4000
+weight_decay: 0.01
+"""
+
+
+def test_original_names_on_the_command_line_and_in_a_saved_original_run_yaml(tmp_path: Path) -> None:
+    (tmp_path / "l5h2.yaml").write_text(ORIGINAL_RUN_YAML)  # a run config saved by the original code
+    proc = run_module("examples.var_rename", ["--config=l5h2.yaml", "--print_config"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert (cfg["lr"], cfg["warmup_start_factor"], cfg["num_layers"], cfg["num_heads"]) == (1e-4, 1e-3, 5, 2)
+    assert "note: config key 'learning_rate' is an earlier name of 'lr'" in proc.stderr
+    old = ["--d_model=64", "--n_heads=2", "--n_layers=3", "--max_context_length=32", "--learning_rate=3e-4"]
+    proc = run_module("examples.shakespeare", [*old, "--print_config"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert (cfg["dim_model"], cfg["num_heads"], cfg["num_layers"], cfg["context_len"], cfg["lr"]) == (
+        64,
+        2,
+        3,
+        32,
+        3e-4,
+    )
+    assert proc.stderr.count("is an earlier name of") == 5
+    proc = run_module("examples.var_eval", ["--num_renames=12", "--print_config"], cwd=tmp_path)
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout)["num_statements"] == 12
+    typo = run_module("examples.var_rename", ["--learning_rat=1e-3"], cwd=tmp_path)
+    assert typo.returncode == 2 and "did you mean --lr?" in typo.stderr
+
+
 def shakespeare_text() -> str:
     path = os.environ.get(SHAKESPEARE_ENV)
     if not path or not Path(path).is_file():

@@ -5,6 +5,7 @@ import io
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -371,3 +372,32 @@ def test_real_var_rename_grid_through_tmux(tmp_path: Path, session: str, capsys:
     table = capsys.readouterr().out
     header = table.splitlines()[1].split()
     assert header[header.index("accuracy") + 1 : header.index("accuracy") + 3] == ["depth_reach_90", "depth_reach_99"]
+
+
+@requires_tmux
+def test_sigterm_saves_exits_143_and_the_summary_says_stopped(tmp_path: Path, session: str) -> None:
+    """A real training run in a tmux pane, stopped by SIGTERM: it saves, exits 143, and is not 'finished'."""
+    logdir = tmp_path / "logs"
+    cmd = (
+        f"env PYTHONPATH={shlex.quote(str(REPO))} {shlex.quote(sys.executable)} -m examples.var_rename"
+        f" --tensorboard_logdir={shlex.quote(str(logdir))} --dataset_path={shlex.quote(str(tmp_path / 'data'))}"
+        " --max_minutes=none --max_steps=1000000 --batch_size=8 --dim_model=16 --train_size=256 --test_size=32"
+        " --eval_every_n_samples=none --save_every_n_seconds=0 --device=cpu"
+    )
+    argv = ["--cmd", cmd, "--grid", "num_layers=1", "--gpus", "none", "--session", session, "--prefix", "sig"]
+    assert sweep.main(argv) == 0
+    deadline = time.monotonic() + 120
+    pid = None
+    while pid is None and time.monotonic() < deadline:  # the run is training once its events exist
+        found = subprocess.run(["pgrep", "-f", "run_name=sig_0"], capture_output=True, text=True).stdout.split()
+        events = list(logdir.glob("run_*/events.out.tfevents.*"))
+        pid = int(found[0]) if found and events else None
+        time.sleep(0.2)
+    assert pid is not None, "the run never started training"
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGTERM)
+    assert sweep.wait_for_runs(sweep.record_dir(logdir, "sig"), timeout=120) == {0: 143}
+    results, _ = sweep.load_sweep(logdir, "sig")
+    assert results[0].state.startswith("stopped at step ") and results[0].state.endswith("(SIGTERM)")
+    step = int(results[0].state.split()[3])
+    assert step > 0 and (results[0].run_dir / f"ckpt_{step:08d}.pt").is_file()  # type: ignore[operator]

@@ -170,6 +170,29 @@ def test_resume_errors(tmp_path: Path) -> None:
         train(make_config(tmp_path, resume=True, run_name=empty.base))
 
 
+def test_resume_picks_the_newest_loadable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="a"))
+    rundir.allocate(tmp_path / "logs", "failed_start")  # newer, but holds no checkpoint
+    newest = Path(first.run_dir or "") / "ckpt_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    capsys.readouterr()
+    resumed = train(make_config(tmp_path, max_steps=6, resume=True))  # empty run_name: the newest resumable run
+    out = capsys.readouterr().out
+    assert (
+        resumed.run_dir == first.run_dir and "resume: falling back" in out and "ckpt_00000004.pt is unreadable" in out
+    )
+    assert "resumed from" in out and "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
+
+
+def test_resume_refuses_other_data_and_a_second_process(tmp_path: Path) -> None:
+    first = train(make_config(tmp_path, max_steps=2, run_name="d"))
+    with pytest.raises(ValueError, match="other data.*data_seed: 1234 -> 7"):
+        train(make_config(tmp_path, max_steps=4, resume=True, run_name="d", data_seed=7))
+    with rundir.RunDir(Path(first.run_dir or "")).lock():  # as if another process were training in it
+        with pytest.raises(ValueError, match="in use by another process"):
+            train(make_config(tmp_path, max_steps=4, resume=True, run_name="d"))
+
+
 def test_load_model_path_and_shape_mismatch(tmp_path: Path) -> None:
     first = train(make_config(tmp_path, max_steps=3))
     ckpt = str(Path(first.run_dir or "") / "ckpt_00000003.pt")
@@ -236,10 +259,34 @@ def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     before = signal.getsignal(signum)
     trainer = SignalAt(make_config(tmp_path, max_steps=50))
     trainer.signum = signal.Signals(signum)
-    trainer.run()  # returns normally
-    assert trainer.progress.step == 4
+    trainer.run()  # returns normally; the command line then exits with 128 + signum
+    assert trainer.progress.step == 4 and trainer.stopped_by_signal == signum
     assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
     assert signal.getsignal(signum) == before  # handlers restored
+
+
+def test_ctrl_c_on_the_command_line_saves_and_exits_130(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    args = [
+        f"--tensorboard_logdir={tmp_path / 'logs'}",
+        f"--dataset_path={tmp_path / 'data'}",
+        "--train_size=256",
+        "--test_size=32",
+        "--dim_model=16",
+        "--max_steps=1000000",
+        "--log_every_n_seconds=0",
+        "--run_name=c",
+    ]
+    cmd = [sys.executable, "-m", "examples.var_rename", *args]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # training once the first TRAIN frame is printed
+        if line.startswith(b"TRAIN"):
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)  # drain the pipes while it saves and exits
+    assert proc.returncode == 130
+    assert list_checkpoints(tmp_path / "logs" / "run_1_c")
 
 
 def test_budgets(tmp_path: Path) -> None:

@@ -344,3 +344,12 @@ def test_attention_image_selection_and_errors() -> None:
         viz.attention_image(w, layer_heads=[(3, 0)])
     with pytest.raises(ValueError, match="cell"):
         viz.attention_image(w, cell=0)
+
+
+def test_get_fig_accepts_the_original_base_height() -> None:
+    weights = [np.full((2, 4, 4), 0.25, dtype=np.float32)]
+    small, big = (viz.get_fig(weights, list("abcd"), base_height=h, selected_x_toks=[0, 1]) for h in (200, 400))
+    # each subplot base_height high and half as wide (2 keys shown for 4 queries); 1 layer, 2 heads
+    assert (big.layout.height - small.layout.height, big.layout.width - small.layout.width) == (200, 2 * 100)
+    with pytest.raises(ValueError, match="base_height"):
+        viz.get_fig(weights, list("abcd"), base_height=0)

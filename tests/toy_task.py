@@ -66,6 +66,9 @@ class ToyConfig(TrainerConfig):
     tensorboard_logdir: str = "logs/toy"
     """Directory holding the toy task's run directories."""
 
+    def data_fields(self) -> list[str]:
+        return [*super().data_fields(), "vocab_size", "seq_len", "train_size", "val_size", "data_seed"]
+
     def validate(self) -> None:
         """Check the task fields, then the trainer fields."""
         super().validate()

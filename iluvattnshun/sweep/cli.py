@@ -1,6 +1,7 @@
 """The command line: ``python -m iluvattnshun.sweep launch | summarize | wait``."""
 
 import argparse
+import difflib
 import shlex
 import sys
 from pathlib import Path
@@ -120,8 +121,14 @@ def _launch_main(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with a one-line message on bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("launch", "summarize", "wait", "-h", "--help"):
-        argv.insert(0, "launch")
+    commands = ("launch", "summarize", "wait")
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        close = difflib.get_close_matches(argv[0], commands, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(commands)}"
+        print(f"error: unknown command {argv[0]!r}; {hint}", file=sys.stderr)
+        return 2
+    if argv and argv[0] not in (*commands, "-h", "--help"):
+        argv.insert(0, "launch")  # launch is the default command: `sweep --cmd ... --grid ...`
     args = _parser().parse_args(argv)
     try:
         if args.command == "launch":

@@ -115,6 +115,9 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
         items = [v.strip() for v in values.split(",")]
         if not values.strip() or any(not v for v in items):
             raise SweepError(f"--grid {spec!r}: empty value for {key!r}; expected {key}=V1,V2,...")
+        repeated = sorted({v for v in items if items.count(v) > 1})
+        if repeated:
+            raise SweepError(f"--grid {spec!r}: {key}={', '.join(repeated)} is listed twice (identical runs)")
         grid[key] = items
     return grid
 

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +18,9 @@ from iluvattnshun.files import atomic_write
 from iluvattnshun.sweep.plan import SweepError
 from iluvattnshun.sweep.record import read_record, read_status, record_dir
 
+STOP_STATUSES = {128 + int(signal.SIGINT): "SIGINT", 128 + int(signal.SIGTERM): "SIGTERM"}
+"""Exit statuses of a run stopped by a signal (after saving its checkpoint)."""
+
 
 @dataclass
 class RunResult:
@@ -27,7 +31,8 @@ class RunResult:
     run_name: str
     """``<prefix>_<i>``."""
     state: str
-    """``finished``, ``crashed (exit N)``, ``no events``, ``running``, ``pending`` or ``unknown`` (no record)."""
+    """``finished``, ``stopped at step N (SIGTERM)``, ``crashed (exit N)``, ``no events``, ``running``, ``pending``
+    or ``unknown`` (no record)."""
     run_dir: Path | None = None
     """The run directory, None when the run has not created one."""
     config: dict[str, Any] = field(default_factory=dict)
@@ -154,6 +159,10 @@ def load_sweep(
         status = read_status(rdir, index) if index in recorded else None
         if index not in recorded:
             state = "unknown" if scalars else "no events"
+        elif status in STOP_STATUSES:
+            saved = found.checkpoints() if found is not None else []
+            step = rundir.checkpoint_step(saved[-1]) if saved else None
+            state = f"stopped at step {step if step is not None else '?'} ({STOP_STATUSES[status]})"
         elif status is not None and status != 0:
             state = f"crashed (exit {status})"
         elif status == 0:

@@ -1,0 +1,121 @@
+"""Bad input, as a careless or hostile user gives it, run as real processes: every case stops before any work
+with exit status 2 and one ``error: ...`` line naming the problem, and leaves no run directory or dataset behind."""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from iluvattnshun.nn import MultilayerTransformer
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE_ENV = "ILUVATTNSHUN_SHAKESPEARE"
+
+
+@dataclass
+class Case:
+    name: str
+    args: Callable[[Path], list[str]]
+    """The arguments, given the case's own directory (which may be prepared by ``prepare``)."""
+    names: str
+    """What the error line must name."""
+    task: str = "var_rename"
+    prepare: Callable[[Path], None] = field(default=lambda d: None)
+
+
+def tiny(d: Path) -> list[str]:
+    return [
+        f"--tensorboard_logdir={d / 'logs'}",
+        f"--dataset_path={d / 'data'}",
+        "--train_size=256",
+        "--test_size=32",
+        "--num_layers=1",
+        "--dim_model=16",
+        "--num_heads=2",
+        "--max_steps=2",
+        "--device=cpu",
+    ]
+
+
+def shakespeare(d: Path) -> list[str]:
+    return [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={os.environ.get(SHAKESPEARE_ENV, 'missing.txt')}"]
+
+
+def write(relative: str, text: str) -> Callable[[Path], None]:
+    def prepare(d: Path) -> None:
+        (d / relative).parent.mkdir(parents=True, exist_ok=True)
+        (d / relative).write_text(text)
+
+    return prepare
+
+
+def other_model_checkpoint(d: Path) -> None:
+    model = MultilayerTransformer(39, dim_model=32, num_heads=2, num_layers=1)
+    torch.save({"model": model.state_dict()}, d / "other.pt")
+
+
+CASES = [
+    Case("checkpoint dir is a file", lambda d: [*tiny(d), f"--save_model_path={d / 'f'}"], "save_model_path", prepare=write("f", "")),
+    Case("checkpoint dir inside a file", lambda d: [*tiny(d), f"--save_model_path={d / 'f' / 'ckpts'}"], "save_model_path", prepare=write("f", "")),
+    Case("checkpoint dir unwritable", lambda d: [*tiny(d), "--save_model_path=/proc/iluvattnshun/ckpts"], "save_model_path"),
+    Case("log dir is a file", lambda d: [*tiny(d)[1:], f"--tensorboard_logdir={d / 'f'}"], "tensorboard_logdir", prepare=write("f", "")),
+    Case("dataset dir is a file", lambda d: [*tiny(d)[:1], *tiny(d)[2:], f"--dataset_path={d / 'f'}"], "dataset_path", prepare=write("f", "")),
+    Case("negative warmup factor", lambda d: [*tiny(d), "--warmup_start_factor=-3"], "warmup_start_factor"),
+    Case("negative final lr factor", lambda d: [*tiny(d), "--min_lr_factor=-5", "--lr_decay=linear"], "min_lr_factor"),
+    Case("negative weight decay", lambda d: [*tiny(d), "--weight_decay=-1"], "weight_decay"),
+    Case("beta2 above 1", lambda d: [*tiny(d), "--beta2=1.5"], "beta2"),
+    Case("dropout above 1", lambda d: [*tiny(d), "--dropout_mlp=2"], "dropout_mlp"),
+    Case("negative workers", lambda d: [*tiny(d), "--num_workers=-1", "--streaming"], "num_workers"),
+    Case("config is a directory", lambda d: [*tiny(d), f"--config={d}"], "--config"),
+    Case("RoPE base 0", lambda d: [*tiny(d), "--rope_base=0"], "rope_base"),
+    Case("infinite lr", lambda d: [*tiny(d), "--lr=inf"], "lr"),
+    Case("resume without a checkpoint", lambda d: [*tiny(d), "--resume", "--run_name=x"], "holds no checkpoint", prepare=lambda d: (d / "logs" / "run_1_x").mkdir(parents=True)),
+    Case("missing weights file", lambda d: [*tiny(d), f"--load_model_path={d / 'nope.pt'}"], "load_model_path"),
+    Case("weights of another shape", lambda d: [*tiny(d), f"--load_model_path={d / 'other.pt'}"], "shape mismatch", prepare=other_model_checkpoint),
+    Case("batch larger than the data", lambda d: [*tiny(d), "--batch_size=1000"], "batch_size"),
+    Case("duplicate YAML key", lambda d: [*tiny(d), f"--config={d / 'c.yaml'}"], "duplicate key", prepare=write("c.yaml", "lr: 0.1\nlr: 0.2\n")),
+    Case("dag with an impossible graph", lambda d: [*tiny(d), "--num_nodes=30"], "num_nodes", task="dag"),
+    Case("var_eval with too many chains", lambda d: [*tiny(d), "--num_chains=26"], "num_chains", task="var_eval"),
+    Case("NaN sample temperature", lambda d: [*shakespeare(d), "--sample_temperature=nan"], "sample_temperature", task="shakespeare"),
+    Case("context longer than the text", lambda d: [*shakespeare(d), "--context_len=10000000"], "context_len", task="shakespeare"),
+]  # fmt: skip
+
+
+def run_case(case: Case, root: Path) -> tuple[Case, Path, subprocess.CompletedProcess[str]]:
+    d = root / case.name.replace(" ", "_")
+    d.mkdir()
+    case.prepare(d)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"examples.{case.task}", *case.args(d)],
+        cwd=d,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return case, d, proc
+
+
+def test_every_bad_input_stops_before_work_with_one_line(tmp_path: Path) -> None:
+    if not Path(os.environ.get(SHAKESPEARE_ENV, "")).is_file():
+        pytest.skip(f"set {SHAKESPEARE_ENV} to a Tiny Shakespeare input.txt (.ci/run does)")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda c: run_case(c, tmp_path), CASES))
+    problems = []
+    for case, d, proc in results:
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("note:")]
+        left = sorted(str(p.relative_to(d)) for p in d.glob("logs/run_*")) + (["data"] if (d / "data").exists() else [])
+        if case.name == "resume without a checkpoint":
+            left.remove("logs/run_1_x")  # the empty run directory the case started from
+        if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or case.names not in lines[0]:
+            problems.append(f"{case.name}: exit {proc.returncode}, stderr {proc.stderr[-600:]!r}")
+        elif left:
+            problems.append(f"{case.name}: left {left} behind")
+    assert not problems, "\n".join(problems)

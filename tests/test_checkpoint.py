@@ -1,0 +1,57 @@
+"""Checkpoint files: both call forms of load_checkpoint, clear errors for files of another kind, retention."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from iluvattnshun.checkpoint import prune_checkpoints, save_checkpoint
+from iluvattnshun.nn import MultilayerTransformer
+from iluvattnshun.rundir import checkpoint_name, list_checkpoints
+from iluvattnshun.utils import load_checkpoint
+
+
+def model() -> MultilayerTransformer:
+    return MultilayerTransformer(10, d_model=16, n_heads=2, n_layers=1)  # the original constructor's names
+
+
+def test_original_call_form_loads_into_the_model_and_optimizer(tmp_path: Path) -> None:
+    saved, other = model(), model()
+    opt = torch.optim.AdamW(saved.parameters(), lr=0.1)
+    saved(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    path = tmp_path / "original.pt"  # the original code's checkpoint layout
+    state = {"model_state_dict": saved.state_dict(), "optimizer_state_dict": opt.state_dict(), "epoch": 3}
+    torch.save({**state, "step": {"train": 10}, "metrics": {"accuracy": 0.5}}, path)
+    new_opt = torch.optim.AdamW(other.parameters(), lr=0.1)
+    assert load_checkpoint(str(path), other, new_opt) == (3, {"train": 10}, {"accuracy": 0.5})
+    assert torch.equal(other.unembed.weight, saved.unembed.weight)
+    assert new_opt.state_dict()["state"][0]["step"] == 1
+
+    ours = tmp_path / "ours.pt"  # this project's layout, and the dict form
+    save_checkpoint(ours, {"model": saved.state_dict(), "progress": {"epoch": 1, "step": 7}, "val_metrics": {}})
+    assert load_checkpoint(ours, model())[:2] == (1, 7)
+    assert isinstance(load_checkpoint(ours), dict) and isinstance(load_checkpoint(ours, "cpu"), dict)
+
+
+def test_files_of_another_kind_get_clear_errors(tmp_path: Path) -> None:
+    torch.save(model(), tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="holds Python objects that weights-only loading refuses"):
+        load_checkpoint(tmp_path / "pickled.pt", model())
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": model().state_dict()})
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    torch.save({"foo": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="holds no model state dict"):
+        load_checkpoint(tmp_path / "other.pt", model())
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_checkpoint(good, MultilayerTransformer(10, dim_model=32, num_heads=2, num_layers=1))
+
+
+def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path / checkpoint_name(step), {"step": step})
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == [checkpoint_name(1), checkpoint_name(2)]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(3), checkpoint_name(4)]
