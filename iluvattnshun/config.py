@@ -88,6 +88,9 @@ _FALSE = {"false", "0", "no", "n", "off", "f"}
 _NONE = {"none", "null", "~"}
 _SPECIAL_OPTIONS = ("help", "preset", "config", "print_config", "debug")
 
+PARSED_ARGS = "_parsed_from_argv"
+"""Attribute set on a config built by ``parse_config``: the arguments it was parsed from."""
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Introspection
@@ -625,4 +628,17 @@ def parse_config(
     if print_config:
         print(get_yaml_string(config), end="")
         raise SystemExit(0)
+    object.__setattr__(config, PARSED_ARGS, tuple(args))
     return config
+
+
+def unparsed_options(config: Any, argv: list[str]) -> list[str]:
+    """The ``--field=value`` arguments in ``argv`` that name a field of ``config`` (or an earlier name of one) and
+    that ``parse_config`` did not build ``config`` from: flags that nothing read."""
+    parsed = set(getattr(config, PARSED_ARGS, ()))
+    names = {*config_fields(type(config)), *field_aliases(type(config))}
+    return [
+        arg
+        for arg in argv
+        if arg.startswith("--") and arg[2:].partition("=")[0].replace("-", "_") in names and arg not in parsed
+    ]

@@ -55,7 +55,14 @@ from iluvattnshun.checkpoint import (
     set_rng_state,
 )
 from iluvattnshun.checkpoint import save_checkpoint as write_checkpoint
-from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, parse_config
+from iluvattnshun.config import (
+    Config,
+    config_to_dict,
+    declared_config_class,
+    get_yaml_string,
+    parse_config,
+    unparsed_options,
+)
 from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
 from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
@@ -588,7 +595,19 @@ class Trainer(ABC, Generic[C]):
     # Run
 
     def run(self) -> None:
-        """Train: set up the run directory, logger, model and data, run the loop, save, clean up."""
+        """Train: set up the run directory, logger, model and data, run the loop, save, clean up.
+
+        Raises:
+            ConfigError: before any work, when the run cannot start with this config, or when the process's command
+                line holds ``--field=value`` flags for this config that nothing parsed (use ``MyTrainer.main()``).
+        """
+        ignored = unparsed_options(self.config, sys.argv[1:])
+        if ignored:
+            raise ConfigError(
+                f"the command line has {' '.join(ignored)}, but this config was not parsed from it: the flags would "
+                f"be ignored. End the script with {type(self).__name__}.main() (or build the config with "
+                "iluvattnshun.config.parse_config)"
+            )
         created_group = tdist.init_process_group(self.device)
         try:
             self._run()

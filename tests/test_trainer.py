@@ -289,6 +289,38 @@ def test_ctrl_c_on_the_command_line_saves_and_exits_130(tmp_path: Path) -> None:
     assert list_checkpoints(tmp_path / "logs" / "run_1_c")
 
 
+USER_SCRIPT = """
+import sys
+from toy_task import ToyConfig, ToyTrainer
+
+if __name__ == "__main__":
+    if "--use-main" in sys.argv:
+        sys.argv.remove("--use-main")
+        ToyTrainer.main()
+    else:
+        ToyTrainer(ToyConfig(max_steps=2, tensorboard_logdir="logs")).run()
+"""
+
+
+def test_a_user_scripts_flags_are_never_silently_ignored(tmp_path: Path) -> None:
+    script = tmp_path / "my_task.py"
+    script.write_text(USER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(script), *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    ignored = run("--lr=0.5")
+    assert ignored.returncode != 0 and "has --lr=0.5, but this config was not parsed from it" in ignored.stderr
+    assert "ToyTrainer.main()" in ignored.stderr and not (tmp_path / "logs").exists()
+    parsed = run("--use-main", "--lr=0.5", "--max_steps=2", "--tensorboard_logdir=logs", "--run_name=m")
+    assert parsed.returncode == 0, parsed.stderr
+    assert "lr: 0.5" in (tmp_path / "logs" / "run_1_m" / "run_1_m.yaml").read_text()
+    helped = run("--use-main", "--help")
+    assert helped.returncode == 0 and "--vocab_size" in helped.stdout
+
+
 def test_budgets(tmp_path: Path) -> None:
     epochs = train(make_config(tmp_path, num_epochs=2, max_steps=None))
     assert epochs.progress.step == 16 and epochs.progress.epoch == 2
