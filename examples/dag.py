@@ -13,7 +13,8 @@ Prompt: the edges ``u>v;`` in random order, then the query ``s?`` for a uniforml
 node ``s``, e.g. ``c>1;a>c;b>d;d>0;a?``. The only target is at ``?``: the error digit reachable
 from ``s`` (answer ``.................1``). With ``num_queries`` > 1, up to that many distinct
 first-rank nodes are queried in turn (``c>1;a>c;b>d;d>0;a?b?``, answer ``.................1.0``):
-the same question, more targets per prompt. Prompts are right-padded with ``_`` to ``max_seq_len``;
+the same question, more targets per prompt. With ``query_first`` the question comes first: ``a?b?c>1;a>c;b>d;d>0;??``
+(answer ``...................10``). Prompts are right-padded with ``_`` to ``max_seq_len``;
 padding positions are masked. Metadata ``depth``: the path length from the queried nodes to their
 error nodes (R, the number of letter ranks), at every prompt position (``META_PAD`` = -1 on padding).
 """
@@ -53,6 +54,9 @@ class DagConfig(PromptTaskConfig):
     """Minimum out-degree of a letter node (capped by the eligible nodes of the next rank)."""
     max_outdeg: int = 2
     """Maximum out-degree of a letter node."""
+    query_first: bool = False
+    """Ask before the edges: the queried nodes ``a?b?`` open the prompt and bare ``??`` after the edges take the
+    answers, in the same order (so the model knows what to look for while it reads the graph)."""
     num_queries: int = 1
     """First-rank nodes queried after the edges, each ``s?`` with its own target (fewer if the rank is smaller)."""
 
@@ -67,6 +71,7 @@ class DagConfig(PromptTaskConfig):
             "min_outdeg",
             "max_outdeg",
             "num_queries",
+            "query_first",
         ]
 
     def validate(self) -> None:
@@ -111,7 +116,8 @@ class DagPrompter(Prompter[DagConfig]):
 
     @property
     def max_seq_len(self) -> int:
-        return 4 * self.max_edges + 2 * min(self.config.num_queries, self.config.max_per_rank)
+        queries = min(self.config.num_queries, self.config.max_per_rank)
+        return 4 * self.max_edges + (3 if self.config.query_first else 2) * queries
 
     def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
         """One graph, its queries, answer (error digit at each ``?``) and per-character path length."""
@@ -144,8 +150,13 @@ class DagPrompter(Prompter[DagConfig]):
         order = rng.permutation(len(edges))
         starts = [ranks[0][j] for j in rng.permutation(len(ranks[0]))[: cfg.num_queries]]
         edge_text = "".join(f"{edges[j][0]}>{edges[j][1]};" for j in order)
-        prompt = edge_text + "".join(f"{s}?" for s in starts)
-        answer = "." * len(edge_text) + "".join(f".{error[s]}" for s in starts)
+        if self.config.query_first:
+            asked = "".join(f"{s}?" for s in starts)
+            prompt = asked + edge_text + "?" * len(starts)
+            answer = "." * (len(asked) + len(edge_text)) + "".join(str(error[s]) for s in starts)
+        else:
+            prompt = edge_text + "".join(f"{s}?" for s in starts)
+            answer = "." * len(edge_text) + "".join(f".{error[s]}" for s in starts)
         return prompt, answer, {"depth": [num_ranks] * len(prompt)}
 
 

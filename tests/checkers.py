@@ -151,21 +151,30 @@ def check_dag(
     max_outdeg: int,
     num_queries: int = 1,
     max_len: int | None = None,
+    query_first: bool = False,
 ) -> DagFacts:
-    """Check one DAG example: layered graph, unique reachable error (BFS), queries, answers, padding, depth."""
+    """Check one DAG example: layered graph, unique reachable error (BFS), queries, answers, padding, depth.
+
+    With ``query_first`` the queries ``s?s?`` open the prompt and one bare ``?`` per query closes it."""
     assert len(answer) == len(prompt) and len(depth) == len(prompt), "answer/depth not aligned with the prompt"
     if max_len is not None:
         assert len(prompt) == max_len, f"prompt length {len(prompt)} != padded length {max_len}"
     body = prompt.rstrip("_")
     assert "_" not in body, "padding inside the prompt"
-    first = body.index("?") - 1  # the queries "s?s?..." follow the edges
-    assert first % 4 == 0, f"first query at position {first}: the edges are not all 'u>v;'"
-    queries = body[first:]
+    if query_first:
+        k = len(body) - len(body.rstrip("?"))  # the closing "?"s, one per query
+        queries, lo, first = body[: 2 * k], 2 * k, len(body) - k
+        assert (len(body) - lo - k) % 4 == 0, "the edges between the queries and the closing '?'s are not all 'u>v;'"
+    else:
+        lo = 0
+        first = body.index("?") - 1  # the queries "s?s?..." follow the edges
+        assert first % 4 == 0, f"first query at position {first}: the edges are not all 'u>v;'"
+        queries = body[first:]
     assert len(queries) % 2 == 0 and set(queries[1::2]) == {"?"}, f"queries {queries!r} are not all 's?'"
     starts = list(queries[0::2])
     assert all(s in LETTERS for s in starts), f"query nodes {starts} are not all letters"
     assert len(set(starts)) == len(starts), f"query nodes {starts} repeat"
-    edges = [prompt[j : j + 4] for j in range(0, first, 4)]
+    edges = [prompt[j : j + 4] for j in range(lo, first, 4)]
     children: dict[str, list[str]] = {}
     for e in edges:
         u, gt, v, semi = list(e)
@@ -230,7 +239,8 @@ def check_dag(
         (err,) = errs
         errors.append(err)
         lengths.add(dist[err])
-    expected = "." * first + "".join("." + e for e in errors) + "." * (len(prompt) - len(body))
+    answers = "".join(errors) if query_first else "".join("." + e for e in errors)
+    expected = "." * first + answers + "." * (len(prompt) - len(body))
     assert answer == expected, f"answer {answer!r}, expected {expected!r}"
     (length,) = lengths
     expected_depth = [length] * len(body) + [META_PAD] * (len(prompt) - len(body))

@@ -21,6 +21,7 @@ GRAPH_FIELDS = (
     "min_outdeg",
     "max_outdeg",
     "num_queries",
+    "query_first",
 )
 
 
@@ -88,6 +89,7 @@ def test_checker_accepts_the_doc_example_and_rejects_broken_graphs() -> None:
         {"num_nodes": 10, "min_outdeg": 3, "max_outdeg": 3, "min_ranks": 2, "max_ranks": 2, "max_per_rank": 5},
         {"num_nodes": 6, "min_ranks": 1, "max_ranks": 3, "max_per_rank": 6, "num_queries": 6},
         {"num_nodes": 12, "min_ranks": 3, "max_ranks": 4, "num_queries": 2},
+        {"num_nodes": 6, "min_ranks": 1, "max_ranks": 3, "max_per_rank": 6, "num_queries": 3, "query_first": True},
     ],
 )
 def test_every_example_passes_the_bfs_checker(overrides: dict[str, Any]) -> None:
@@ -98,6 +100,14 @@ def test_every_example_passes_the_bfs_checker(overrides: dict[str, Any]) -> None
     assert all(ranks[r] > 0 for r in range(cfg.min_ranks, cfg.max_ranks + 1)), ranks
     if cfg.num_errors > 1 and cfg.num_nodes > 1:
         assert len({f.answer for f in facts}) > 1, "answers must vary"
+
+
+def test_checker_reads_a_query_first_prompt() -> None:
+    params = {**DOC_EXAMPLE_PARAMS, "num_queries": 2, "query_first": True}
+    prompt = "a?b?c>1;a>c;b>d;d>0;??"
+    check_dag(prompt, "." * 20 + "10", [2] * 22, **params)
+    with pytest.raises(AssertionError, match="answer"):
+        check_dag(prompt, "." * 20 + "01", [2] * 22, **params)
 
 
 def test_spec_example_shape_and_padding() -> None:
