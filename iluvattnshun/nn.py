@@ -506,14 +506,7 @@ class MultilayerTransformer(_Hookable):
         Returns:
             (B, P + max_new_tokens) prompt followed by the new tokens.
         """
-        if prompt.dim() != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        check_generate_args(prompt, max_new_tokens, temperature, top_k)
         B, P = prompt.shape
         out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
         out[:, :P] = prompt
@@ -611,6 +604,18 @@ class MultilayerTransformer(_Hookable):
         out = self.run_with_hooks(x, {n: record for n in selected}, **kwargs)
         order = {n: i for i, n in enumerate(self._names)}
         return out.logits, dict(sorted(cache.items(), key=lambda kv: order[kv[0]]))
+
+
+def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """Raise ``ValueError`` naming a bad argument of ``generate``."""
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
 
 
 def _sample(
