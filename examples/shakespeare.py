@@ -229,6 +229,9 @@ class ShakespeareTrainer(Trainer[ShakespeareConfig]):
         if missing:
             raise ValueError(f"sample_prompt uses characters not in the text: {missing}")
 
+    def sequence_length(self) -> int:
+        return self.config.context_len
+
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor([self.stoi[c] for c in text], dtype=torch.long)
 

@@ -13,12 +13,12 @@ the model computes (greedy decoding gives the same tokens; ``tests/test_decode.p
 """
 
 import math
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
 
-from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding
+from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,11 +43,14 @@ class Decoder:
         shape = (model.num_layers, batch_size, heads, capacity, head_dim)
         self.keys = torch.zeros(shape, device=param.device, dtype=param.dtype)  # zeros: masked slots stay finite
         self.values = torch.zeros(shape, device=param.device, dtype=param.dtype)
-        rotary: RotaryEmbedding = model.layers[0].attn.rotary if model.num_layers else RotaryEmbedding(head_dim)
+        self.blocks = [cast(TransformerLayer, block) for block in model.layers]
+        rotary = self.blocks[0].attn.rotary if self.blocks else RotaryEmbedding(head_dim)
         self.cos, self.sin = rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
         self.positions = torch.arange(capacity, device=param.device)
         self.scale = 1.0 / math.sqrt(head_dim)
-        self._step: Step = torch.compile(self._eager_step, fullgraph=True, dynamic=False) if compile else self._eager_step  # type: ignore[assignment]
+        self._step: Step = self._eager_step
+        if compile:
+            self._step = torch.compile(self._eager_step, fullgraph=True, dynamic=False)
 
     @torch.no_grad()
     def generate(
@@ -80,8 +83,8 @@ class Decoder:
             cache = prefill.kv_cache
             assert cache is not None
             for layer in range(model.num_layers):
-                self.keys[layer, :, :, :P] = cache.keys[layer][:, :, :P]  # type: ignore[index]
-                self.values[layer, :, :, :P] = cache.values[layer][:, :, :P]  # type: ignore[index]
+                self.keys[layer, :, :, :P] = cache.keys[layer][:, :, :P]
+                self.values[layer, :, :, :P] = cache.values[layer][:, :, :P]
             logits = prefill.logits[:, -1]  # (B, V)
             for i in range(max_new_tokens):
                 token = _sample(logits, temperature, top_k, generator)  # (B,)
@@ -101,7 +104,7 @@ class Decoder:
         visible = (self.positions <= position).view(1, 1, 1, -1)  # (1, 1, 1, S): written slots only
         cos, sin = self.cos.index_select(0, where), self.sin.index_select(0, where)  # (1, D)
         x = model.token_embedding(token)  # (B, C)
-        for layer, block in enumerate(model.layers):
+        for layer, block in enumerate(self.blocks):
             attn = block.attn
             h = F.layer_norm(x, (x.shape[-1],), block.norm_attn.weight, block.norm_attn.bias, block.norm_attn.eps)
             qkv = attn.qkv_proj(h).view(B, 3, attn.num_heads, attn.head_dim)  # (B, 3, H, D)

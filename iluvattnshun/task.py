@@ -106,6 +106,9 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     def get_model(self) -> nn.Module:
         return build_model(self.prompter.vocab_size, self.config)
 
+    def sequence_length(self) -> int | None:
+        return self.prompter.max_seq_len
+
     def output_dirs(self) -> dict[str, str]:
         return {**super().output_dirs(), "dataset_path": self.config.dataset_path}
 

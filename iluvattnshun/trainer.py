@@ -45,7 +45,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from iluvattnshun import distributed as tdist
-from iluvattnshun import rundir
+from iluvattnshun import rundir, speed
 from iluvattnshun.checkpoint import (
     get_rng_state,
     load_checkpoint,
@@ -99,10 +99,11 @@ class TrainerConfig(Config):
     """Seed for python, numpy and torch RNGs (rank r of a distributed run uses seed + r)."""
     device: str = "auto"
     """Device to train on: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """fp32, or bf16 autocast for forward passes (CUDA only; falls back to fp32 elsewhere)."""
-    compile: bool = False
-    """Compile the model with torch.compile."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """fp32, bf16 autocast for forward passes, or auto: the faster of the two for this device and shape, as
+    measured (iluvattnshun/speed.py); the choice is printed at start and recorded in the run's config."""
+    compile: bool | Literal["auto"] = "auto"
+    """Compile the model with torch.compile: true, false, or auto (see precision)."""
     skip_nonfinite: bool = False
     """Skip optimizer steps whose loss or gradient norm is not finite instead of stopping the run."""
 
@@ -343,6 +344,9 @@ class Trainer(ABC, Generic[C]):
         self.progress = Progress()
         self.last_val_metrics: dict[str, Any] = {}
         self.stopped_by_signal: int | None = None
+        self.speed = speed.SpeedChoice(
+            config.compile is True, "fp32" if config.precision == "auto" else config.precision, ""
+        )
         """The signal (SIGINT, SIGTERM) that stopped the last ``run()`` after saving, or None."""
         self.init_state()
 
@@ -439,6 +443,10 @@ class Trainer(ABC, Generic[C]):
         """The classes that define the task, most specific last, recorded in checkpoints for ``load_run``."""
         return {"config": type(self.config), "trainer": type(self)}
 
+    def sequence_length(self) -> int | None:
+        """Tokens per training sample, when the task knows it (``compile`` / ``precision`` auto use it)."""
+        return None
+
     def num_tokens(self, batch: Any) -> int | None:
         """Tokens in a batch, for tokens/s: by default the size of the first int64 2-D tensor, else None."""
         return _first_token_count(batch)
@@ -459,8 +467,8 @@ class Trainer(ABC, Generic[C]):
         return self.world_size > 1
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if self.speed.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def output_dirs(self) -> dict[str, str]:
@@ -576,7 +584,7 @@ class Trainer(ABC, Generic[C]):
         diffs = [
             f"{k}: {old[k]!r} -> {v!r}"
             for k, v in new.items()
-            if k in old and old[k] != v and k not in ("resume", "run_name")
+            if k in old and old[k] != v and k not in ("resume", "run_name") and v != "auto"
         ]
         # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
         self._recorded_config = dataclasses.replace(
@@ -652,6 +660,18 @@ class Trainer(ABC, Generic[C]):
                     self._load_model_weights(cfg.load_model_path)
                 self.train_loader = self.get_train_dataloader()
                 self.val_loader = self.get_val_dataloader()
+                dim_model = getattr(self.model, "dim_model", None)
+                self.speed = speed.choose(
+                    self.device, cfg.compile, cfg.precision, dim_model, self.sequence_length(), cfg.max_steps
+                )
+                if "auto" in (cfg.compile, cfg.precision):
+                    self._notices.append(
+                        (f"speed: compile={self.speed.compile}, precision={self.speed.precision}", self.speed.reason)
+                    )
+                # What ran is what the run records: a rerun of its YAML makes the same choice.
+                self._recorded_config = dataclasses.replace(
+                    self._recorded_config, compile=self.speed.compile, precision=self.speed.precision
+                )
             except (ValueError, OSError) as e:
                 raise ConfigError(" ".join(str(e).split())) from e
             self.run_dir = resume_path if resume_path is not None else self._allocate_run_dir()
@@ -670,8 +690,6 @@ class Trainer(ABC, Generic[C]):
                     purge_step=purge_step,
                 )
             held.callback(self.logger.close)
-            if cfg.precision == "bf16" and self.device.type != "cuda":
-                self._notices.append(("precision", f"bf16 autocast needs CUDA; training in fp32 on {self.device}"))
             for title, text in self._notices:
                 self.logger.notice(title, text)
             if resume_ckpt is not None:
@@ -679,7 +697,7 @@ class Trainer(ABC, Generic[C]):
             self._write_run_files(resumed=resume_ckpt is not None)
 
             self._fwd_model: nn.Module = self.model
-            if cfg.compile:
+            if self.speed.compile:
                 self._fwd_model = torch.compile(self.model)  # type: ignore[assignment]
             self._train_model: nn.Module = self._fwd_model
             if self._distributed:

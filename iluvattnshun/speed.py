@@ -1,0 +1,89 @@
+"""The fastest training settings for a device and a model shape, as this project's benchmarks measured them.
+
+``--compile=auto`` and ``--precision=auto`` (the defaults) resolve here when a run starts; the run prints the
+choice with its reason and records the resolved values in its config. The thresholds come from
+``python -m bench.bench_train --speed_table`` (bench/RESULTS.md, "Fastest path"): change them only with a new
+measurement.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+CPU_BF16_MIN_TOKENS_X_WIDTH = 600 * 128
+"""On a CPU with native bf16 (AVX512-BF16 or AMX), bf16 autocast beats fp32 once sequence length x model width
+reaches this (the paper shape, T 600 x d_model 128: faster; the quick shapes, T 32-160 x d_model 64: slower)."""
+
+CPU_COMPILE_MAX_TOKENS_X_WIDTH = 160 * 64
+"""On a CPU, torch.compile pays off up to this sequence length x model width (dispatch-bound small steps) and
+not beyond (the paper shape ran slower compiled)."""
+
+CPU_COMPILE_MIN_STEPS = 5_000
+"""...and only for runs long enough to win back the compilation (tens of seconds on a CPU)."""
+
+
+@dataclass(frozen=True)
+class SpeedChoice:
+    """What ``auto`` resolves to, and why."""
+
+    compile: bool
+    precision: Literal["fp32", "bf16"]
+    reason: str
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose(
+    device: torch.device,
+    compile: bool | str,
+    precision: Literal["auto", "fp32", "bf16"],
+    dim_model: int | None,
+    seq_len: int | None,
+    max_steps: int | None,
+) -> SpeedChoice:
+    """Resolve ``auto`` values of ``compile`` and ``precision`` for this device and shape.
+
+    Args:
+        device: the training device.
+        compile: True, False or "auto".
+        precision: "fp32", "bf16" or "auto".
+        dim_model: the model's width (None: unknown, e.g. a custom model).
+        seq_len: tokens per sample (None: unknown).
+        max_steps: the run's step budget (None: unbounded).
+    """
+    reasons = []
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        auto_precision: Literal["fp32", "bf16"] = "bf16" if bf16 else "fp32"
+        auto_compile = True
+        reasons.append(f"CUDA: {'bf16 supported' if bf16 else 'no bf16'}; compiled steps measured faster")
+    elif device.type == "cpu" and dim_model is not None and seq_len is not None:
+        size = seq_len * dim_model
+        native = cpu_has_native_bf16()
+        auto_precision = "bf16" if native and size >= CPU_BF16_MIN_TOKENS_X_WIDTH else "fp32"
+        long_enough = max_steps is None or max_steps >= CPU_COMPILE_MIN_STEPS
+        compiler = shutil.which(os.environ.get("CXX", "g++")) is not None
+        auto_compile = size <= CPU_COMPILE_MAX_TOKENS_X_WIDTH and long_enough and compiler
+        reasons.append(
+            f"CPU{' with native bf16' if native else ''}, T {seq_len} x d_model {dim_model}"
+            + ("" if long_enough else f", only {max_steps} steps")
+            + ("" if compiler else ", no C++ compiler for torch.compile")
+        )
+    else:
+        auto_precision, auto_compile = "fp32", False
+        reasons.append(f"{device.type}, shape unknown: the plain path")
+    chosen_compile = auto_compile if compile == "auto" else bool(compile)
+    chosen_precision = auto_precision if precision == "auto" else precision
+    if precision != "auto" and compile != "auto":
+        reasons = ["as configured"]
+    return SpeedChoice(chosen_compile, chosen_precision, "; ".join(reasons))
