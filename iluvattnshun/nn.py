@@ -490,11 +490,14 @@ class MultilayerTransformer(_Hookable):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        fast: bool = True,
     ) -> torch.Tensor:
         """Sample ``max_new_tokens`` tokens after ``prompt`` using the KV cache.
 
-        The prompt is prefilled once; afterwards each sampled token is fed exactly once. The model is put in
-        eval mode for the call and restored afterwards.
+        The prompt is prefilled once; afterwards each sampled token is fed exactly once, through
+        ``iluvattnshun.decode.Decoder``'s lean one-token step unless a hook is installed (hooks see every
+        activation of the general forward pass) or ``fast`` is false. The model is put in eval mode for the call
+        and restored afterwards.
 
         Args:
             prompt: (B, P) token ids; all prompts in a batch have the same length.
@@ -502,12 +505,17 @@ class MultilayerTransformer(_Hookable):
             temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
             top_k: sample only among the k most likely tokens.
             generator: a ``torch.Generator`` on the model's device for reproducible sampling.
+            fast: use the lean one-token step (same tokens as the general forward pass).
 
         Returns:
             (B, P + max_new_tokens) prompt followed by the new tokens.
         """
         check_generate_args(prompt, max_new_tokens, temperature, top_k)
         B, P = prompt.shape
+        if fast and not self._hook_fns:
+            from iluvattnshun.decode import Decoder  # the decoder is built on this module
+
+            return Decoder(self, B, P + max_new_tokens).generate(prompt, max_new_tokens, temperature, top_k, generator)
         out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
         out[:, :P] = prompt
         if max_new_tokens == 0:
@@ -519,7 +527,7 @@ class MultilayerTransformer(_Hookable):
             cache = self.new_kv_cache(P + max_new_tokens)
             logits = self(prompt, kv_cache=cache, return_new_kv_cache=True).logits[:, -1]  # (B, V)
             for i in range(max_new_tokens):
-                token = _sample(logits, temperature, top_k, generator)  # (B,)
+                token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
                 out[:, P + i] = token
                 if i + 1 < max_new_tokens:
                     logits = self(out[:, P + i : P + i + 1], kv_cache=cache, return_new_kv_cache=True).logits[:, -1]
@@ -618,7 +626,7 @@ def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: 
         raise ValueError(f"top_k must be >= 1, got {top_k}")
 
 
-def _sample(
+def sample_tokens(
     logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Pick one token per row of (B, V) logits."""

@@ -26,15 +26,6 @@ from iluvattnshun.trainer import NonFiniteLossError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """The toy model is tiny: one intra-op thread is faster and keeps results independent of the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_config(tmp_path: Path, **overrides: Any) -> ToyConfig:
     base: dict[str, Any] = dict(
         tensorboard_logdir=str(tmp_path / "logs"),

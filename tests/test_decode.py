@@ -1,0 +1,51 @@
+"""The lean one-token decoder: the same tokens as the general forward pass, its checks, its reuse."""
+
+import pytest
+import torch
+
+from iluvattnshun.decode import Decoder
+from iluvattnshun.nn import MultilayerTransformer
+
+
+@pytest.mark.parametrize(("layers", "heads", "batch", "tie"), [(4, 4, 1, False), (2, 2, 3, True), (1, 8, 2, False)])
+def test_greedy_tokens_are_identical_to_the_general_path(layers: int, heads: int, batch: int, tie: bool) -> None:
+    torch.manual_seed(layers * 10 + heads)
+    model = MultilayerTransformer(39, dim_model=64, num_heads=heads, num_layers=layers, tie_weights=tie)
+    model.train()  # generate switches to eval and back
+    prompt = torch.randint(0, 39, (batch, 7))
+    general = model.generate(prompt, 200, temperature=0.0, fast=False)
+    fast = model.generate(prompt, 200, temperature=0.0)
+    assert torch.equal(fast, general) and model.training
+    # the step's logits are the model's logits, not only their argmax
+    decoder = Decoder(model, batch, 7 + 20)
+    decoder.generate(prompt, 20, temperature=0.0)
+    full = model.eval()(fast[:, :27]).logits[:, -1]  # logits after all 27 tokens, from scratch
+    step = decoder.step(fast[:, 26], torch.tensor(26))
+    assert torch.allclose(step, full, atol=1e-4)
+
+
+def test_sampling_with_a_generator_is_reproducible_and_hooks_take_the_general_path() -> None:
+    torch.manual_seed(0)
+    model = MultilayerTransformer(39, dim_model=32, num_heads=2, num_layers=2).eval()
+    prompt = torch.randint(0, 39, (2, 5))
+    a = model.generate(prompt, 30, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
+    b = model.generate(prompt, 30, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    seen: list[str] = []
+    with model.hooks({"layers.1.resid_post": lambda t, name: seen.append(name)}):
+        model.generate(prompt, 3, temperature=0.0)
+    assert len(seen) == 3  # the prefill and the two one-token steps all ran through the hooked forward
+
+
+def test_decoder_refuses_what_it_cannot_serve_and_is_reusable() -> None:
+    model = MultilayerTransformer(39, dim_model=32, num_heads=2, num_layers=2).eval()
+    decoder = Decoder(model, 1, 20)
+    with pytest.raises(ValueError, match="serves batch 1 and 20 positions"):
+        decoder.generate(torch.zeros(1, 15, dtype=torch.long), 6, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        decoder.generate(torch.zeros(1, 5, dtype=torch.long), 5, temperature=float("nan"))
+    prompts = [torch.randint(0, 39, (1, 5)) for _ in range(2)]
+    for prompt in prompts:  # the cache is rewritten for every prompt: nothing leaks between calls
+        assert torch.equal(
+            decoder.generate(prompt, 10, temperature=0.0), model.generate(prompt, 10, temperature=0.0, fast=False)
+        )
