@@ -237,6 +237,11 @@ class Prompter(ABC, Generic[C]):
                 meta[k][i, : len(p)] = m[k]
         return {"prompt": prompt, "answer": answer, **meta}
 
+    def at_step(self, step: int) -> "Prompter[C]":
+        """The prompter that makes the streamed examples of training step ``step``: a task with a curriculum
+        returns one for that stage (e.g. shorter prompts early on). Default: this one at every step."""
+        return self
+
     @property
     def is_vectorised(self) -> bool:
         """Whether this prompter overrides ``get_prompts`` (then ``make_dataset`` defaults to one process)."""

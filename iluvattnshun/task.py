@@ -129,7 +129,11 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         c = self.config
         if c.streaming:
             stream = StreamingDataset(
-                self.prompter, batch_size=c.batch_size, rank=self.rank, world_size=self.world_size
+                self.prompter,
+                batch_size=c.batch_size,
+                rank=self.rank,
+                world_size=self.world_size,
+                batches_per_step=c.grad_accum_steps,
             )
             return StreamingLoader(stream, num_workers=c.num_workers, pin_memory=self.device.type == "cuda")
         return ArrayLoader(

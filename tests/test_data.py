@@ -1,5 +1,6 @@
 """Training batches: ArrayLoader (epochs, shards, resume), StreamingDataset (disjoint streams), WaitTimer."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,14 @@ def test_stream_differs_from_the_cached_dataset_of_the_same_seed(tmp_path: Path)
     cached = {r.tobytes() for r in dataset_arrays(dsd["train"])["prompt"].astype(np.int64)}
     streamed = _rows([next(iter(StreamingDataset(p, batch_size=64)))])
     assert not cached & set(streamed)
+
+
+def test_streamed_curriculum_grows_the_prompts_and_resumes_on_the_same_schedule() -> None:
+    config = VarRenameConfig(num_chains=2, num_renames=12, min_renames=4, renames_growth_steps=2, streaming=True)
+    stream = StreamingDataset(VarRenamePrompter(config), batch_size=3, batches_per_call=1)
+    batches = list(itertools.islice(iter(stream), 8))
+    assert [b["prompt"].shape[1] for b in batches] == [16, 16, 24, 24, 36, 36, 48, 48]  # renames 4, 6, 9, 12
+    stream.skip(5)
+    assert torch.equal(next(iter(stream))["prompt"], batches[5]["prompt"])
+    accumulating = StreamingDataset(VarRenamePrompter(config), batch_size=3, batches_per_call=1, batches_per_step=2)
+    assert [b["prompt"].shape[1] for b in itertools.islice(iter(accumulating), 8)] == [16] * 4 + [24] * 4

@@ -15,6 +15,8 @@ Metadata ``depth``: the chain's number of renames before this statement, for all
 (above: ``0000 0000 1111 1111 2222``).
 """
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +45,28 @@ class VarRenameConfig(PromptTaskConfig):
     """The first num_chains statements bind every chain's digit, one chain each; false: the original study's
     layout, where every statement picks its chain at random and a chain's first statement binds its digit."""
 
+    min_renames: int = 0
+    """Length curriculum for streamed training prompts (--streaming): they start with this many renames and grow
+    by half (rounded up) every renames_growth_steps steps, up to num_renames (0: always num_renames)."""
+    renames_growth_steps: int = 4000
+    """Training steps at each prompt length of the curriculum."""
+
     def data_hash_params(self) -> list[str]:
         return ["num_chains", "num_renames", "bind_first"]
+
+    def data_fields(self) -> list[str]:
+        return [*super().data_fields(), "min_renames", "renames_growth_steps"]
+
+    def renames_at(self, step: int) -> int:
+        """Renames per streamed training prompt at ``step`` (the length curriculum)."""
+        if not self.min_renames:
+            return self.num_renames
+        renames = self.min_renames
+        for _ in range(step // self.renames_growth_steps):
+            if renames >= self.num_renames:
+                break
+            renames = math.ceil(renames * 1.5)
+        return min(renames, self.num_renames)
 
     def validate(self) -> None:
         super().validate()
@@ -53,6 +75,15 @@ class VarRenameConfig(PromptTaskConfig):
             raise ValueError(
                 f"num_chains must be in 1..10 (each chain starts at a distinct digit), got {self.num_chains}"
             )
+        if self.min_renames:
+            if not self.streaming:
+                raise ValueError(
+                    "min_renames (a length curriculum) needs --streaming: the cached dataset has one length"
+                )
+            if not max(1, self.num_chains if self.bind_first else 1) <= self.min_renames <= self.num_renames:
+                raise ValueError(f"min_renames must be in num_chains..num_renames, got {self.min_renames}")
+        if self.renames_growth_steps < 1:
+            raise ValueError(f"renames_growth_steps must be >= 1, got {self.renames_growth_steps}")
         if self.bind_first and self.num_renames < self.num_chains:
             raise ValueError(
                 f"num_renames ({self.num_renames}) must be >= num_chains ({self.num_chains}): the first "
@@ -71,6 +102,12 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
     @property
     def max_seq_len(self) -> int:
         return 4 * self.config.num_renames
+
+    def at_step(self, step: int) -> "VarRenamePrompter":
+        renames = self.config.renames_at(step)
+        if renames == self.config.num_renames:
+            return self
+        return VarRenamePrompter(dataclasses.replace(self.config, num_renames=renames, min_renames=0))
 
     def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
         """One prompt, its answer and per-character depths (the straightforward reference version)."""
