@@ -105,7 +105,7 @@ def generation_time(recompute: bool, device: torch.device, new_tokens: int, batc
             seq = torch.cat([seq, nxt], dim=1)
 
     def cached() -> None:
-        model.generate(prompt, new_tokens, temperature=0.0)
+        model.generate(prompt, new_tokens, temperature=0.0, fast=False)  # the general path (bench_decode: the rest)
 
     return median_time(by_recompute if recompute else cached, repeats, warmup=1, device=device)
 

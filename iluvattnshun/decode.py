@@ -1,19 +1,17 @@
-"""Fast autoregressive decoding: a static key/value cache and a lean one-token step.
+"""Fast autoregressive decoding: a preallocated key/value cache and a lean one-token step.
 
 ``MultilayerTransformer.forward`` is general (hooks, masks, any number of new tokens), which costs about sixty
 small operations per layer per token; at batch 1 a token's time is then mostly Python and dispatch, not
-arithmetic. The ``Decoder`` runs the same weights through a step written for one token: the cache is preallocated
-at its final size and written in place at the step's position, attention covers the whole cache with the unwritten
-positions masked out (every step has the same shapes), RoPE reads one precomputed row, and every view of a weight
-or cache slice is taken once, up front. The prompt is prefilled by the model itself; only the one-token steps take
-this path, and they compute what the model computes: greedy decoding gives the same tokens
-(``tests/test_decode.py``). ``MultilayerTransformer.generate`` uses it whenever no hook is installed.
-
-``compile=True`` compiles the step with ``torch.compile`` (same shapes at every step: one graph); on this
-project's CPU it was slower than the eager step (bench/RESULTS.md, "Decoding"), so it is off by default.
+arithmetic. The ``Decoder`` runs the same weights through a step written for one token: the cache is allocated at
+its final size and written in place, attention reads the written prefix with two matrix products and a softmax,
+RoPE is one row of the precomputed tables and a roll, and every weight and cache view is taken once, up front.
+The prompt is prefilled by the model itself; only the one-token steps take this path, and they compute what the
+model computes: greedy decoding gives the same tokens (``tests/test_decode.py``).
+``MultilayerTransformer.generate`` uses it whenever no hook is installed.
 """
 
-from typing import Callable, NamedTuple, cast
+import math
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +40,11 @@ class Decoder:
     another device or dtype needs a new decoder.
     """
 
-    def __init__(self, model: MultilayerTransformer, batch_size: int, capacity: int, compile: bool = False) -> None:
+    def __init__(self, model: MultilayerTransformer, batch_size: int, capacity: int) -> None:
         """Args:
         model: the model.
         batch_size: prompts decoded together.
         capacity: longest prompt + new tokens this decoder serves.
-        compile: compile the one-token step with ``torch.compile``.
         """
         if capacity < 1 or batch_size < 1:
             raise ValueError(f"batch_size and capacity must be >= 1, got {batch_size}, {capacity}")
@@ -73,12 +70,7 @@ class Decoder:
         ]
         rotary = blocks[0].attn.rotary if blocks else RotaryEmbedding(model.head_dim)
         self.cos, self.sin = rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
-        half = model.head_dim // 2
-        self.rotate = torch.cat([torch.arange(half, 2 * half), torch.arange(half)]).to(param.device)  # halves swapped
-        self.positions = torch.arange(capacity, device=param.device)
-        self._step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.step
-        if compile:
-            self._step = torch.compile(self.step, fullgraph=True, dynamic=False)
+        self.scale = 1.0 / math.sqrt(model.head_dim)
 
     @torch.no_grad()
     def generate(
@@ -112,36 +104,34 @@ class Decoder:
                 layer.keys[:, :, :P] = cache.keys[i][:, :, :P]
                 layer.values[:, :, :P] = cache.values[i][:, :, :P]
             logits = prefill.logits[:, -1]  # (B, V)
-            positions = torch.arange(P, P + max_new_tokens, device=prompt.device)
             for i in range(max_new_tokens):
                 token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
                 out[:, P + i] = token
                 if i + 1 < max_new_tokens:
-                    logits = self._step(token, positions[i])
+                    logits = self.step(token, P + i)
         finally:
             model.train(was_training)
         return out
 
     @torch.no_grad()
-    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """Logits (B, V) after feeding ``token`` (B,) at ``position`` (a 0-d tensor); writes its keys/values."""
+    def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
+        """Logits (B, V) after feeding ``token`` (B,) at ``position``; writes its keys and values into the cache."""
         model = self.model
         B, C, H, D = token.shape[0], model.dim_model, model.num_heads, model.head_dim
-        where = position.view(1)
-        cos, sin = self.cos.index_select(0, where), self.sin.index_select(0, where)  # (1, D)
-        visible = (self.positions <= position).view(1, -1)  # (1, S): the keys written so far
-        x = model.token_embedding(token)  # (B, C)
+        cos, sin = self.cos[position], self.sin[position]  # (D,)
+        x = F.embedding(token, model.token_embedding.weight)  # (B, C)
         for layer in self.layers:
             h = F.layer_norm(x, (C,), *layer.norm_attn)
-            qkv = F.linear(h, *layer.qkv).view(B, 3, H, 1, D)  # (B, 3, H, 1, D)
+            qkv = F.linear(h, *layer.qkv).view(B, 3, H, D)
             qk = qkv[:, :2]
-            q, k = torch.addcmul(qk * cos, qk.index_select(-1, self.rotate), sin).unbind(1)  # (B, H, 1, D)
-            layer.keys.index_copy_(2, where, k)  # (B, H, S, D)
-            layer.values.index_copy_(2, where, qkv[:, 2])
-            z = F.scaled_dot_product_attention(q, layer.keys, layer.values, attn_mask=visible)  # (B, H, 1, D)
-            x = x + F.linear(z.view(B, C), *layer.out)
+            # RoPE for one position: the rotate-half sign is folded into sin, so rotating is a roll by D/2.
+            q, k = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin).unbind(1)  # (B, H, D)
+            layer.keys[:, :, position] = k
+            layer.values[:, :, position] = qkv[:, 2]
+            keys, values = layer.keys[:, :, : position + 1], layer.values[:, :, : position + 1]  # (B, H, S, D)
+            weights = (q.unsqueeze(2) @ keys.transpose(-2, -1)).mul_(self.scale).softmax(-1)  # (B, H, 1, S)
+            x = x + F.linear((weights @ values).view(B, C), *layer.out)
             h = F.layer_norm(x, (C,), *layer.norm_mlp)
             x = x + F.linear(F.gelu(F.linear(h, *layer.fc_in)), *layer.fc_out)
         x = F.layer_norm(x, (C,), model.final_norm.weight, model.final_norm.bias, model.final_norm.eps)
-        logits: torch.Tensor = model.unembed(x)  # (B, V)
-        return logits
+        return F.linear(x, model.unembed.weight)  # (B, V)
