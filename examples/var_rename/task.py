@@ -186,16 +186,19 @@ def paper() -> VarRenameConfig:
 
 
 def depth() -> VarRenameConfig:
-    """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law): prompts deep enough to
-    show how many hops each layer count resolves; set num_layers and max_steps per model."""
+    """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law; examples/README.md): fresh
+    prompts of 2 chains whose length grows from 8 to 64 renames, evaluated on 64-rename prompts (depths past 25)."""
     return VarRenameConfig(
         **CPU,
         num_chains=2,
-        num_renames=32,
-        train_size=200_000,
-        test_size=2_000,
+        num_renames=64,
+        min_renames=8,
+        renames_growth_steps=4000,
+        streaming=True,
+        train_size=1_000,  # streamed training: only the test split is used
+        test_size=500,
         batch_size=64,
-        max_steps=9_000,
+        max_steps=16_000,
         eval_every_n_samples=64 * 1000,
     )
 
