@@ -36,6 +36,9 @@ class OptimConfig(Config):
     """Step at which the decay ends (none: max_steps)."""
     min_lr_factor: float = 0.1
     """Learning-rate factor at the end of the decay."""
+    decay_fraction: float = 1.0
+    """Share of the steps after warmup that the decay spans, at their end (0.15: constant, then decay over the
+    last 15%)."""
 
     def validate(self) -> None:
         super().validate()
@@ -50,6 +53,8 @@ class OptimConfig(Config):
         for name in ("warmup_start_factor", "min_lr_factor"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ValueError(f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
         max_steps = getattr(self, "max_steps", None)
@@ -85,7 +90,8 @@ def lr_factor(step: int, config: OptimConfig, max_steps: int | None) -> float:
     end = config.lr_decay_steps or max_steps
     if config.lr_decay == "none" or end is None or end <= config.warmup_steps:
         return 1.0
-    progress = min(1.0, (step - config.warmup_steps) / (end - config.warmup_steps))
+    start = end - config.decay_fraction * (end - config.warmup_steps)
+    progress = min(1.0, max(0.0, (step - start) / (end - start)))
     if config.lr_decay == "cosine":
         shape = 0.5 * (1 + math.cos(math.pi * progress))
     else:

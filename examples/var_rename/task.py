@@ -199,6 +199,8 @@ def depth() -> VarRenameConfig:
         test_size=500,
         batch_size=64,
         max_steps=16_000,
+        lr_decay="linear",  # constant, then down to 0.1 x lr over the last 15% of the steps
+        decay_fraction=0.15,
         eval_every_n_samples=64 * 1000,
     )
 
