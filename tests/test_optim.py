@@ -12,13 +12,13 @@ from iluvattnshun.optim import OptimConfig, build_optimizer, lr_factor
 def test_schedule_warms_up_then_holds_or_decays() -> None:
     flat = OptimConfig(warmup_steps=100, warmup_start_factor=0.01)
     assert [lr_factor(s, flat, 1000) for s in (0, 50, 100, 999)] == [0.01, 0.505, 1.0, 1.0]
-    linear = OptimConfig(warmup_steps=100, lr_decay="linear", min_lr_factor=0.1)
-    assert [round(lr_factor(s, linear, 1100), 3) for s in (100, 600, 1100, 2000)] == [1.0, 0.55, 0.1, 0.1]
+    linear = OptimConfig(warmup_steps=100, lr_decay="linear", min_lr_factor=0.1, lr_decay_steps=1100)
+    assert [round(lr_factor(s, linear, None), 3) for s in (100, 600, 1100, 2000)] == [1.0, 0.55, 0.1, 0.1]
     cosine = OptimConfig(warmup_steps=0, lr_decay="cosine", min_lr_factor=0.0, lr_decay_steps=100)
     assert lr_factor(50, cosine, None) == pytest.approx(0.5) and lr_factor(100, cosine, None) == pytest.approx(0.0)
     # decay over the last 20% of the steps after warmup only: constant until step 900 of 1,100
-    late = OptimConfig(warmup_steps=100, lr_decay="linear", min_lr_factor=0.1, decay_fraction=0.2)
-    assert [round(lr_factor(s, late, 1100), 3) for s in (500, 900, 1000, 1100)] == [1.0, 1.0, 0.55, 0.1]
+    late = OptimConfig(warmup_steps=100, lr_decay="linear", min_lr_factor=0.1, decay_fraction=0.2, lr_decay_steps=1100)
+    assert [round(lr_factor(s, late, None), 3) for s in (500, 900, 1000, 1100)] == [1.0, 1.0, 0.55, 0.1]
     with pytest.raises(ValueError, match="decay_fraction"):
         OptimConfig(decay_fraction=0.0)
 
