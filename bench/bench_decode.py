@@ -16,16 +16,14 @@ import argparse
 import datetime
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from bench.bench_data import machine
-from bench.results import replace_section
+from bench.results import publish
 from iluvattnshun.nn import MultilayerTransformer
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTION_START = "<!-- bench_decode:start -->"
 SECTION_END = "<!-- bench_decode:end -->"
 PROMPT, NEW = 8, 300
@@ -102,10 +100,7 @@ def main() -> None:
         "",
         SECTION_END,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        replace_section(text, SECTION_START, SECTION_END, ROOT / "bench" / "RESULTS.md")
+    publish(lines, SECTION_START, SECTION_END, args.write)
 
 
 if __name__ == "__main__":

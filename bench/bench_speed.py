@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.bench_data import machine
 from bench.bench_sweep import steps_per_s
-from bench.results import replace_section
+from bench.results import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION_START = "<!-- bench_speed:start -->"
@@ -98,10 +98,7 @@ def main() -> None:
             w = statistics.median(wall[(shape_name, name)])
             lines.append(f"| {shape_name} | {name} | {r:.2f} | {r / base:.2f}x | {w:.0f} ({steps}) |")
     lines += ["", SECTION_END]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        replace_section(text, SECTION_START, SECTION_END, ROOT / "bench" / "RESULTS.md")
+    publish(lines, SECTION_START, SECTION_END, args.write)
 
 
 if __name__ == "__main__":

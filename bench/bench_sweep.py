@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench.bench_data import machine
-from bench.results import replace_section
+from bench.results import publish
 from iluvattnshun.sweep.plan import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +103,7 @@ def main() -> None:
         "The sweep launcher's CPU default (`CPU_THREADS_PER_RUN` in `iluvattnshun/sweep/plan.py`) follows the winner.",
         SECTION_END,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        replace_section(text, SECTION_START, SECTION_END, ROOT / "bench" / "RESULTS.md")
+    publish(lines, SECTION_START, SECTION_END, args.write)
 
 
 if __name__ == "__main__":

@@ -20,3 +20,15 @@ def replace_section(text: str, start: str, end: str, path: Path) -> None:
     else:
         current = current.rstrip("\n") + "\n\n" + text
     atomic_write(path, current)
+
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def publish(lines: list[str], start: str, end: str, write: bool) -> str:
+    """Join a section's lines (markers included), print them, and with ``write`` replace the section in RESULTS.md."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        replace_section(text, start, end, RESULTS)
+    return text
