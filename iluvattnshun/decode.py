@@ -16,7 +16,7 @@ from typing import NamedTuple, cast
 import torch
 import torch.nn.functional as F
 
-from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer, check_generate_args, sample_tokens
+from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer, check_generate_args, sampling_loop
 
 
 class _Layer(NamedTuple):
@@ -89,29 +89,20 @@ class Decoder:
                 f"this decoder serves batch {self.batch_size} and {self.capacity} positions, got batch {B} and "
                 f"{P} + {max_new_tokens} positions"
             )
-        model = self.model
-        out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
-        out[:, :P] = prompt
-        if max_new_tokens == 0:
-            return out
-        was_training = model.training
-        model.eval()
-        try:
-            prefill = model(prompt, return_new_kv_cache=True)
-            cache = prefill.kv_cache
-            assert cache is not None
-            for i, layer in enumerate(self.layers):
-                layer.keys[:, :, :P] = cache.keys[i][:, :, :P]
-                layer.values[:, :, :P] = cache.values[i][:, :, :P]
-            logits = prefill.logits[:, -1]  # (B, V)
-            for i in range(max_new_tokens):
-                token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
-                out[:, P + i] = token
-                if i + 1 < max_new_tokens:
-                    logits = self.step(token, P + i)
-        finally:
-            model.train(was_training)
-        return out
+        return sampling_loop(self.model, prompt, max_new_tokens, self.prefill, self.step, temperature, top_k, generator)
+
+    @torch.no_grad()
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after the (B, P) prompt, run through the general forward pass; its keys and values are
+        copied into the static cache."""
+        P = prompt.shape[1]
+        out = self.model(prompt, return_new_kv_cache=True)
+        assert out.kv_cache is not None
+        for i, layer in enumerate(self.layers):
+            layer.keys[:, :, :P] = out.kv_cache.keys[i][:, :, :P]
+            layer.values[:, :, :P] = out.kv_cache.values[i][:, :, :P]
+        logits: torch.Tensor = out.logits[:, -1]
+        return logits
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, position: int) -> torch.Tensor:

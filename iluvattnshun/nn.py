@@ -516,24 +516,16 @@ class MultilayerTransformer(_Hookable):
             from iluvattnshun.decode import Decoder  # the decoder is built on this module
 
             return Decoder(self, B, P + max_new_tokens).generate(prompt, max_new_tokens, temperature, top_k, generator)
-        out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
-        out[:, :P] = prompt
-        if max_new_tokens == 0:
-            return out
+        cache = self.new_kv_cache(P + max_new_tokens)
 
-        was_training = self.training
-        self.eval()
-        try:
-            cache = self.new_kv_cache(P + max_new_tokens)
-            logits = self(prompt, kv_cache=cache, return_new_kv_cache=True).logits[:, -1]  # (B, V)
-            for i in range(max_new_tokens):
-                token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
-                out[:, P + i] = token
-                if i + 1 < max_new_tokens:
-                    logits = self(out[:, P + i : P + i + 1], kv_cache=cache, return_new_kv_cache=True).logits[:, -1]
-        finally:
-            self.train(was_training)
-        return out
+        def prefill(tokens: torch.Tensor) -> torch.Tensor:
+            logits: torch.Tensor = self(tokens, kv_cache=cache, return_new_kv_cache=True).logits[:, -1]  # (B, V)
+            return logits
+
+        def step(token: torch.Tensor, position: int) -> torch.Tensor:
+            return prefill(token[:, None])  # the cache knows the position
+
+        return sampling_loop(self, prompt, max_new_tokens, prefill, step, temperature, top_k, generator)
 
     # ----------------------------------------------------------------------------------------------------------
     # Named activations: caching and patching
@@ -638,6 +630,38 @@ def sample_tokens(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def sampling_loop(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    prefill: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[torch.Tensor, int], torch.Tensor],
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The loop both decoding paths share: ``prefill(prompt)`` gives the (B, V) logits after the (B, P) prompt,
+    ``step(token, position)`` feeds one sampled token (B,) and gives the next logits. The model is in eval mode for
+    the loop and restored afterwards. Returns (B, P + max_new_tokens) tokens."""
+    B, P = prompt.shape
+    out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+    out[:, :P] = prompt
+    if max_new_tokens == 0:
+        return out
+    was_training = model.training
+    model.eval()
+    try:
+        logits = prefill(prompt)
+        for i in range(max_new_tokens):
+            token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
+            out[:, P + i] = token
+            if i + 1 < max_new_tokens:
+                logits = step(token, P + i)
+    finally:
+        model.train(was_training)
+    return out
 
 
 def flops_per_token(model: MultilayerTransformer, seq_len: int, training: bool = True) -> float:
