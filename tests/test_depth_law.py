@@ -45,7 +45,7 @@ def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path
     assert {r["num_layers"] for r in rows} == {"1", "2", "3", "4"}
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and int(r["positions"]) > 0 for r in rows)
     table = (out / "results.md").read_text()
-    assert "| 4L2H | 27 |" in table  # 9,000 steps x budget 0.003 for the 4-layer model
+    assert "| 4L2H | 45 |" in table  # 15,000 steps x budget 0.003 for the 4-layer model
     assert "2^n" in (out / "depth_reach.html").read_text() and "plotly" in (out / "depth_reach.html").read_text()
 
     # Results again from the existing checkpoints; another experiment in the same folder is refused.

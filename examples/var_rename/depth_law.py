@@ -44,7 +44,7 @@ from iluvattnshun.viz import accuracy_per_depth_fig, save_html
 PREFIX = "law"
 """Run-name prefix of the grid: runs are ``law_<i>``."""
 
-CPU_STEPS = {1: 3000, 2: 4000, 3: 5000, 4: 9000}
+CPU_STEPS = {1: 6000, 2: 9000, 3: 13000, 4: 15000}
 """Step budget per layer count on the CPU (the grid's wall time on 2 cores: examples/README.md)."""
 
 PAPER_LAW = {

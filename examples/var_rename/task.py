@@ -189,16 +189,16 @@ def depth() -> VarRenameConfig:
     """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law; examples/README.md): fresh
     prompts of 2 chains whose length grows from 8 to 64 renames, evaluated on 64-rename prompts (depths past 25)."""
     return VarRenameConfig(
-        **CPU,
+        **{**CPU, "max_minutes": None},  # the step budget ends the run (a 4-layer run takes most of an hour)
         num_chains=2,
         num_renames=64,
         min_renames=8,
-        renames_growth_steps=4000,
+        renames_growth_steps=3000,  # 8, 12, 18, 27, 41 renames by step 12,000
         streaming=True,
         train_size=1_000,  # streamed training: only the test split is used
         test_size=500,
         batch_size=64,
-        max_steps=16_000,
+        max_steps=15_000,
         lr_decay="linear",  # constant, then down to 0.1 x lr over the last 15% of the steps
         decay_fraction=0.15,
         eval_every_n_samples=64 * 1000,
