@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import IO, Callable
 
@@ -66,6 +67,10 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+PROBE_ATTEMPTS = 20
+"""How often a probe is retried when a concurrent run removed the directory it had just made."""
+
+
 def check_writable(directory: str | os.PathLike[str], what: str) -> None:
     """Make sure files can be created in ``directory`` (creating it if needed), by writing and removing a probe.
 
@@ -82,14 +87,25 @@ def check_writable(directory: str | os.PathLike[str], what: str) -> None:
     created: list[Path] = []
     probe = target / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        missing = [p for p in [target, *target.parents] if not p.exists()]
-        for p in reversed(missing):
-            p.mkdir()
-            created.append(p)
-        if not target.is_dir():
-            raise NotADirectoryError(f"{str(target)!r} is not a directory")
-        probe.write_bytes(b"")
-        probe.unlink()
+        # Runs started together (a sweep's panes) probe the same new directories: one may remove a directory
+        # it created while another is about to probe it, so a vanished directory is made again.
+        for attempt in range(PROBE_ATTEMPTS):
+            try:
+                missing = [p for p in [target, *target.parents] if not p.exists()]
+                for p in reversed(missing):
+                    try:
+                        p.mkdir()
+                    except FileExistsError:
+                        continue  # made by a concurrent run meanwhile: it is that run's to remove
+                    created.append(p)
+                if not stat.S_ISDIR(target.stat().st_mode):  # a vanished target raises FileNotFoundError: retry
+                    raise NotADirectoryError(f"{str(target)!r} is not a directory")
+                probe.write_bytes(b"")
+                probe.unlink()
+                break
+            except FileNotFoundError:
+                if attempt == PROBE_ATTEMPTS - 1:
+                    raise
     except OSError as e:
         reason = e.strerror or str(e) if not isinstance(e, NotADirectoryError) else str(e)
         raise ValueError(f"{what}: cannot write to {str(target)!r} ({reason})") from None
