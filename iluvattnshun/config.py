@@ -8,6 +8,9 @@ on the line after it. ``parse_config`` builds one from ``sys.argv``::
 The base config comes from ``--config=run.yaml`` (a saved run config), else from ``--preset=name``, else
 from the default preset (or ``cls()``); then every ``--field=value`` is parsed by the field's annotated type
 and applied in order. Bad input exits with status 2 and a one-line ``error: ...`` on stderr, before any work.
+
+One concept in one module: a config's three faces (command line, YAML, ``--help``) share the field parser, the
+aliases and the error messages, so they cannot drift apart.
 """
 
 import ast

@@ -15,6 +15,9 @@ into place; one builder at a time holds a lock per dataset; a cache that does no
 or files do not match, is rebuilt with a ``DatasetCacheWarning``. ``dataset_arrays`` turns a split into numpy
 arrays (what ``iluvattnshun.data.ArrayLoader`` batches from); ``leakage_stats`` counts train duplicates and
 test prompts that also occur in train.
+
+One concept, the on-disk cache: building, locking, verifying and reading it back share the hash and the file
+layout, which nothing outside this module knows.
 """
 
 import concurrent.futures

@@ -20,6 +20,9 @@ Every interesting activation has a stable dotted name (see ``MultilayerTransform
 
 ``run_with_cache`` records any of them in one forward pass; ``run_with_hooks`` lets a function replace
 any of them (activation patching). With no hooks installed the model takes its fast path.
+
+One module, read top to bottom like a single model file: the layers, the cache and the named activations are one
+forward pass; the lean decoding step that bypasses them lives in ``iluvattnshun.decode``.
 """
 
 import contextlib

@@ -2,7 +2,7 @@
 
 ``--compile=auto`` and ``--precision=auto`` (the defaults) resolve here when a run starts; the run prints the
 choice with its reason and records the resolved values in its config. The thresholds come from
-``python -m bench.bench_train --speed_table`` (bench/RESULTS.md, "Fastest path"): change them only with a new
+``python -m bench.bench_speed`` (bench/RESULTS.md, "Fastest path"): change them only with a new
 measurement.
 """
 

@@ -15,6 +15,10 @@ epoch is iterated; on a mid-epoch resume ``skip(n)`` is called (after ``set_epoc
 iteration starts at batch ``n``; without ``skip`` the first ``n`` batches are drawn and dropped. Loaders
 shard by ``self.rank`` / ``self.world_size`` and must give every rank the same number of equally sized
 batches (DDP synchronises every backward pass).
+
+This is the package's longest module, and it is one concept: budgets, evaluation, checkpoints, resume, signals and
+DDP all act at fixed points of the same step, so the step's order is read in one file (the model and optimiser
+recipes, run directories, checkpoint files and configs live in their own modules).
 """
 
 import collections.abc
