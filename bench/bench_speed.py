@@ -44,8 +44,8 @@ COMBOS = {
 }
 
 
-def train(shape: list[str], combo: list[str], steps: int, work: Path) -> tuple[float, float]:
-    """(steady steps/s, wall seconds) of one training run."""
+def train(shape: list[str], combo: list[str], steps: int, work: Path) -> tuple[Path, float]:
+    """(run directory, wall seconds) of one training run."""
     logdir = work / "logs"
     shutil.rmtree(logdir, ignore_errors=True)
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
@@ -59,7 +59,7 @@ def train(shape: list[str], combo: list[str], steps: int, work: Path) -> tuple[f
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    return steps_per_s(next(logdir.glob("run_*"))), wall
+    return next(logdir.glob("run_*")), wall
 
 
 def main() -> None:
@@ -76,7 +76,8 @@ def main() -> None:
             for rep in range(args.repeats):
                 names = list(COMBOS) if rep % 2 == 0 else list(COMBOS)[::-1]
                 for name in names:
-                    r, w = train(shape, COMBOS[name], steps, work)
+                    run, w = train(shape, COMBOS[name], steps, work)
+                    r = steps_per_s(run)
                     rate.setdefault((shape_name, name), []).append(r)
                     wall.setdefault((shape_name, name), []).append(w)
                     print(f"{shape_name} | {name}: {r:.2f} steps/s, {w:.0f} s wall", flush=True)
