@@ -268,6 +268,18 @@ def test_generate_restores_training_mode_and_validates_input() -> None:
         model.generate(torch.zeros(2, dtype=torch.long), 2)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_training_after_generate_uses_normal_tensors(fast: bool) -> None:
+    # generate runs in inference mode; what it leaves behind (the RoPE tables it grew, its output) must train.
+    model = make_model()
+    out = model.generate(torch.zeros(1, 2, dtype=torch.long), 100, fast=fast)  # tables grown past 100 positions
+    assert not out.is_inference()
+    model.train()
+    loss = model(out).logits.sum()  # 102 positions: read from the tables grown during generate
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training signals
 
