@@ -6,8 +6,6 @@ choice with its reason and records the resolved values in its config. The thresh
 measurement.
 """
 
-import os
-import shutil
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,14 +13,12 @@ import torch
 
 CPU_BF16_MIN_TOKENS_X_WIDTH = 600 * 128
 """On a CPU with native bf16 (AVX512-BF16 or AMX), bf16 autocast beats fp32 once sequence length x model width
-reaches this (the paper shape, T 600 x d_model 128: faster; the quick shapes, T 32-160 x d_model 64: slower)."""
+reaches this: 1.49x at the paper shape (T 600 x d_model 128), 0.65x and 0.71x at T 32 and T 160 x d_model 64
+(2026-11-29)."""
 
-CPU_COMPILE_MAX_TOKENS_X_WIDTH = 160 * 64
-"""On a CPU, torch.compile pays off up to this sequence length x model width (dispatch-bound small steps) and
-not beyond (the paper shape ran slower compiled)."""
-
-CPU_COMPILE_MIN_STEPS = 5_000
-"""...and only for runs long enough to win back the compilation (tens of seconds on a CPU)."""
+CPU_COMPILE = False
+"""``torch.compile`` on a CPU: measured no faster at any benchmarked shape (0.97x at T 32 x d_model 64, 0.90x at
+T 160 x 64, 1.02x at the paper shape, 2026-11-29), and each run pays 15-25 s of compilation first."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,6 @@ def choose(
     precision: Literal["auto", "fp32", "bf16"],
     dim_model: int | None,
     seq_len: int | None,
-    max_steps: int | None,
 ) -> SpeedChoice:
     """Resolve ``auto`` values of ``compile`` and ``precision`` for this device and shape.
 
@@ -59,7 +54,6 @@ def choose(
         precision: "fp32", "bf16" or "auto".
         dim_model: the model's width (None: unknown, e.g. a custom model).
         seq_len: tokens per sample (None: unknown).
-        max_steps: the run's step budget (None: unbounded).
     """
     reasons = []
     if device.type == "cuda":
@@ -71,14 +65,8 @@ def choose(
         size = seq_len * dim_model
         native = cpu_has_native_bf16()
         auto_precision = "bf16" if native and size >= CPU_BF16_MIN_TOKENS_X_WIDTH else "fp32"
-        long_enough = max_steps is None or max_steps >= CPU_COMPILE_MIN_STEPS
-        compiler = shutil.which(os.environ.get("CXX", "g++")) is not None
-        auto_compile = size <= CPU_COMPILE_MAX_TOKENS_X_WIDTH and long_enough and compiler
-        reasons.append(
-            f"CPU{' with native bf16' if native else ''}, T {seq_len} x d_model {dim_model}"
-            + ("" if long_enough else f", only {max_steps} steps")
-            + ("" if compiler else ", no C++ compiler for torch.compile")
-        )
+        auto_compile = CPU_COMPILE
+        reasons.append(f"CPU{' with native bf16' if native else ''}, T {seq_len} x d_model {dim_model}")
     else:
         auto_precision, auto_compile = "fp32", False
         reasons.append(f"{device.type}, shape unknown: the plain path")

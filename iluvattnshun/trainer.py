@@ -665,9 +665,7 @@ class Trainer(ABC, Generic[C]):
                 self.train_loader = self.get_train_dataloader()
                 self.val_loader = self.get_val_dataloader()
                 dim_model = getattr(self.model, "dim_model", None)
-                self.speed = speed.choose(
-                    self.device, cfg.compile, cfg.precision, dim_model, self.sequence_length(), cfg.max_steps
-                )
+                self.speed = speed.choose(self.device, cfg.compile, cfg.precision, dim_model, self.sequence_length())
                 if "auto" in (cfg.compile, cfg.precision):
                     self._notices.append(
                         (f"speed: compile={self.speed.compile}, precision={self.speed.precision}", self.speed.reason)
