@@ -64,6 +64,22 @@ def test_missing_tmux_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "law").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out=/proc/iluvattnshun/law"], "out: cannot write to '/proc/iluvattnshun/law'"),
+        (["--extra=--lr=-1"], "rejected before launch: lr must be a finite number > 0"),
+    ],
+)
+def test_unwritable_out_and_bad_run_flags_stop_before_anything_is_written(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    proc = depth_law([f"--session=law_bad_{os.getpid()}", *args], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "0,1"}
     proc = subprocess.run(

@@ -34,7 +34,7 @@ import torch
 from examples.var_rename.task import VarRenamePrompter
 from iluvattnshun import load_run, rundir
 from iluvattnshun.config import Config, parse_config
-from iluvattnshun.files import atomic_write
+from iluvattnshun.files import atomic_write, check_writable
 from iluvattnshun.sweep import Override, SweepError, launch, plan_runs, read_status, record_dir, wait_for_runs
 from iluvattnshun.sweep.plan import default_gpus
 from iluvattnshun.sweep.tmux import session_exists, tmux_path
@@ -288,15 +288,16 @@ def run_experiment(config: DepthLawConfig) -> None:
         if config.dry_run:
             launch_grid(config, g, logdir, resuming)
             return
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "experiment.json", json.dumps(record, indent=2) + "\n")
+        check_writable(out, "out")
         if session_exists(config.session):
             print(f"the grid is running in tmux session {config.session!r}: waiting for it")
         else:
-            launch_grid(config, g, logdir, resuming)
+            launch_grid(config, g, logdir, resuming)  # checks every run's flags before it writes anything
             print(
                 f"launched {len(g.runs)} runs in tmux session {config.session!r}; attach: tmux attach -t {config.session}"
             )
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "experiment.json", json.dumps(record, indent=2) + "\n")
         start = time.monotonic()
         statuses = wait_for_runs(record_dir(logdir, PREFIX))
         print(f"the grid ended after {(time.monotonic() - start) / 60:.1f} minutes of waiting; statuses {statuses}")
