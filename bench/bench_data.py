@@ -161,13 +161,7 @@ def full_dataset(repeats: int, out: Path) -> dict[str, Any]:
         inner.append(float(stdout.split()[-1]))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     reload: dict[str, list[float]] = {
-        "import": [],
-        "cache_hit": [],
-        "arrays": [],
-        "checksums": [],
-        "token_check": [],
-        "wall": [],
-        "rss": [],
+        k: [] for k in ("import", "cache_hit", "arrays", "checksums", "token_check", "wall", "rss")
     }
     for _ in range(repeats):
         stdout, wall, rss = _time_v(RELOAD.format(root=str(ROOT), out=str(out)))

@@ -520,7 +520,10 @@ class MultilayerTransformer(_Hookable):
         if fast and not self._hook_fns:
             from iluvattnshun.decode import Decoder  # the decoder is built on this module
 
-            return Decoder(self, B, P + max_new_tokens).generate(prompt, max_new_tokens, temperature, top_k, generator)
+            decoder = Decoder(self, B, P + max_new_tokens)  # sized for this call: no check left to repeat
+            return sampling_loop(
+                self, prompt, max_new_tokens, decoder.prefill, decoder.step, temperature, top_k, generator
+            )
         cache = self.new_kv_cache(P + max_new_tokens)
 
         def prefill(tokens: torch.Tensor) -> torch.Tensor:
