@@ -6,7 +6,9 @@ Model: 4 layers, d_model 128, 4 heads, 39 tokens (the var_rename shape), prompt 
 greedy. Paths, each timed as a whole ``generate`` call and alternated every repeat (medians):
 
 - general: ``model.generate(..., fast=False)``, the KV cache through the general forward pass (the earlier default);
-- decoder: ``model.generate(...)``, ``iluvattnshun.decode.Decoder``'s static cache and lean step (the default now);
+- decoder: ``model.generate(...)``, ``iluvattnshun.decode.Decoder``'s static cache and lean eager step (the default);
+- compiled: ``Decoder(model, batch, capacity, compile=True).generate(...)``, the step compiled ahead of time by
+  AOTInductor; its build (export + compilation) is timed once and reported beside it;
 - recompute: the whole sequence through the model for every new token, no cache.
 
 Every path must give the general path's tokens; the run stops otherwise.
@@ -22,6 +24,7 @@ import torch
 
 from bench.bench_data import machine
 from bench.results import publish
+from iluvattnshun.decode import Decoder
 from iluvattnshun.nn import MultilayerTransformer
 
 SECTION_START = "<!-- bench_decode:start -->"
@@ -47,7 +50,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,9 +60,13 @@ def main() -> None:
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         prompt = torch.randint(0, 39, (batch, PROMPT), device=device)
+        start = time.perf_counter()
+        compiled = Decoder(model, batch, PROMPT + NEW, compile=True)
+        build_s = time.perf_counter() - start
         paths: dict[str, Callable[[], torch.Tensor]] = {
             "general": lambda: model.generate(prompt, NEW, temperature=0.0, fast=False),
             "decoder": lambda: model.generate(prompt, NEW, temperature=0.0),
+            "compiled": lambda: compiled.generate(prompt, NEW, temperature=0.0),
             "recompute": lambda: recompute(model, prompt, NEW),
         }
         start = time.perf_counter()
@@ -79,10 +86,13 @@ def main() -> None:
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         for name, t in medians.items():
             tps = batch * NEW / t
+            build = f"{build_s:.0f} s" if name == "compiled" else "–"
             rows.append(
-                f"| {batch} | {name} | {tps:,.0f} | {medians['general'] / t:.2f}x | {medians['recompute'] / t:.2f}x |"
+                f"| {batch} | {name} | {tps:,.0f} | {medians['general'] / t:.2f}x | {medians['decoder'] / t:.2f}x | "
+                f"{medians['recompute'] / t:.2f}x | {build} |"
             )
-        print(f"batch {batch}: {({k: round(batch * NEW / v) for k, v in medians.items()})} tokens/s", flush=True)
+        tokens_s = {k: round(batch * NEW / v) for k, v in medians.items()}
+        print(f"batch {batch}: {tokens_s} tokens/s; compiled step built in {build_s:.1f} s", flush=True)
         print(f"(identity checks: {setup_s:.0f} s)", flush=True)
     device_name = machine() if device.type == "cpu" else torch.cuda.get_device_name(device)
     lines = [
@@ -94,8 +104,8 @@ def main() -> None:
         f"4 layers, d_model 128, 4 heads; prompt {PROMPT}, {NEW} new tokens, greedy; every path decoded the same "
         "tokens as the general path; medians of alternating repeats.",
         "",
-        "| batch | path | tokens/s | vs general (cached) | vs recompute |",
-        "|---:|---|---:|---:|---:|",
+        "| batch | path | tokens/s | vs general (cached) | vs decoder | vs recompute | build |",
+        "|---:|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
         SECTION_END,

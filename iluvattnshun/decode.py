@@ -3,24 +3,44 @@
 ``MultilayerTransformer.forward`` is general (hooks, masks, any number of new tokens), which costs about sixty
 small operations per layer per token; at batch 1 a token's time is then mostly Python and dispatch, not
 arithmetic. The ``Decoder`` runs the same weights through a step written for one token: the cache is allocated at
-its final size and written in place, attention reads the written prefix with two matrix products and a softmax,
-RoPE is one row of the precomputed tables and a roll, and every weight and cache view is taken once, up front.
-The prompt is prefilled by the model itself; only the one-token steps take this path, and they compute what the
-model computes: greedy decoding gives the same tokens (``tests/test_decode.py``).
-``MultilayerTransformer.generate`` uses it whenever no hook is installed.
+its final size and written in place, attention reads the cache with two matrix products and a softmax, RoPE is
+one row of the precomputed tables and a roll, and every weight is looked up once, up front. The prompt is
+prefilled by the model itself; only the one-token steps take this path, and they compute what the model computes:
+greedy decoding gives the same tokens (``tests/test_decode.py``).
+
+Two ways to run the step:
+
+- eager (the default; ``MultilayerTransformer.generate`` uses it whenever no hook is installed): no start-up
+  cost, about 25 operations per layer, reads the model's parameters as they are;
+- compiled (``Decoder(..., compile=True)``): the step is exported at static shapes (the position is a tensor and
+  attention covers the whole capacity under a mask) and compiled ahead of time by AOTInductor into one C++
+  function with the weights built in. A token then costs a fraction of the eager step (bench/RESULTS.md,
+  "Decoding"), for a compilation of some seconds when the decoder is built: worth it for long or many decodes.
 """
 
 import math
-from typing import NamedTuple, cast
+import tempfile
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 
 from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer, check_generate_args, sampling_loop
 
+AOT_OPTIONS: dict[str, Any] = {
+    "max_autotune": True,
+    "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
+}
+"""AOTInductor settings for the compiled step: autotuned matrix products (1.4x the untuned compiled step at batch
+1 on this project's CPU, 2026-11-29), without printing the autotuning tables and statistics."""
+
 
 class _Layer(NamedTuple):
-    """One layer's tensors as the step reads them."""
+    """One layer's parameters as the step reads them: (weight, bias[, eps]) per operation."""
 
     norm_attn: tuple[torch.Tensor, torch.Tensor | None, float]
     qkv: tuple[torch.Tensor, torch.Tensor | None]
@@ -28,23 +48,23 @@ class _Layer(NamedTuple):
     norm_mlp: tuple[torch.Tensor, torch.Tensor | None, float]
     fc_in: tuple[torch.Tensor, torch.Tensor | None]
     fc_out: tuple[torch.Tensor, torch.Tensor | None]
-    keys: torch.Tensor
-    """(B, H, capacity, D), a view of the decoder's cache."""
-    values: torch.Tensor
 
 
 class Decoder:
     """Decodes from one model at a fixed batch size and capacity; build it once and reuse it for many prompts.
 
-    The step reads the model's parameters (not copies), so a model trained further is seen; a model moved to
-    another device or dtype needs a new decoder.
+    The eager step reads the model's parameters (not copies), so a model trained further is seen. A compiled
+    decoder holds the weights the model had when it was built: it refuses to run once they have changed (build a
+    new one). A model moved to another device or dtype needs a new decoder.
     """
 
-    def __init__(self, model: MultilayerTransformer, batch_size: int, capacity: int) -> None:
+    def __init__(self, model: MultilayerTransformer, batch_size: int, capacity: int, compile: bool = False) -> None:
         """Args:
         model: the model.
         batch_size: prompts decoded together.
-        capacity: longest prompt + new tokens this decoder serves.
+        capacity: longest prompt + new tokens this decoder serves. The compiled step attends over all of it, so
+            size it to what you decode.
+        compile: compile the step ahead of time (see the module docstring); this takes some seconds, here.
         """
         if capacity < 1 or batch_size < 1:
             raise ValueError(f"batch_size and capacity must be >= 1, got {batch_size}, {capacity}")
@@ -52,8 +72,6 @@ class Decoder:
         self.model = model
         self.batch_size = batch_size
         self.capacity = capacity
-        shape = (model.num_layers, 2, batch_size, model.num_heads, capacity, model.head_dim)
-        self.cache = torch.zeros(shape, device=param.device, dtype=param.dtype)  # zeros: masked slots stay finite
         blocks = [cast(TransformerLayer, block) for block in model.layers]
         self.layers = [
             _Layer(
@@ -63,14 +81,22 @@ class Decoder:
                 (b.norm_mlp.weight, b.norm_mlp.bias, b.norm_mlp.eps),
                 (b.mlp.fc_in.weight, b.mlp.fc_in.bias),
                 (b.mlp.fc_out.weight, b.mlp.fc_out.bias),
-                self.cache[i, 0],
-                self.cache[i, 1],
             )
-            for i, b in enumerate(blocks)
+            for b in blocks
         ]
+        # Keys and values of layer i at 2i and 2i + 1, each (B, H, capacity, D). Zeros: slots past the written
+        # prefix stay finite, so the compiled step's masked weights times them are 0, not NaN.
+        shape = (batch_size, model.num_heads, capacity, model.head_dim)
+        self.cache = [torch.zeros(shape, device=param.device, dtype=param.dtype) for _ in range(2 * len(blocks))]
         rotary = blocks[0].attn.rotary if blocks else RotaryEmbedding(model.head_dim)
         self.cos, self.sin = rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
         self.scale = 1.0 / math.sqrt(model.head_dim)
+        self.slots = torch.arange(capacity, device=param.device)  # (capacity,) the compiled step's mask
+        self.position = torch.zeros((), dtype=torch.long, device=param.device)  # the compiled step's input
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.weights_version = weights_version(model)
+        if compile:
+            self.compiled = compile_step(self)
 
     @torch.no_grad()
     def generate(
@@ -89,6 +115,10 @@ class Decoder:
                 f"this decoder serves batch {self.batch_size} and {self.capacity} positions, got batch {B} and "
                 f"{P} + {max_new_tokens} positions"
             )
+        if self.compiled is not None and weights_version(self.model) != self.weights_version:
+            raise RuntimeError(
+                "the model's parameters changed after this decoder compiled them into its step; build a new Decoder"
+            )
         return sampling_loop(self.model, prompt, max_new_tokens, self.prefill, self.step, temperature, top_k, generator)
 
     @torch.no_grad()
@@ -98,31 +128,94 @@ class Decoder:
         P = prompt.shape[1]
         out = self.model(prompt, return_new_kv_cache=True)
         assert out.kv_cache is not None
-        for i, layer in enumerate(self.layers):
-            layer.keys[:, :, :P] = out.kv_cache.keys[i][:, :, :P]
-            layer.values[:, :, :P] = out.kv_cache.values[i][:, :, :P]
+        for i in range(len(self.layers)):
+            self.cache[2 * i][:, :, :P] = out.kv_cache.keys[i][:, :, :P]
+            self.cache[2 * i + 1][:, :, :P] = out.kv_cache.values[i][:, :, :P]
         logits: torch.Tensor = out.logits[:, -1]
         return logits
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """Logits (B, V) after feeding ``token`` (B,) at ``position``; writes its keys and values into the cache."""
+        if self.compiled is None:
+            return self.token_logits(token, position, self.cache)
+        self.position.fill_(position)
+        # The compiled step reads its inputs at the layout it was exported with: int64, contiguous.
+        return self.compiled(token.to(torch.long).contiguous(), self.position, self.cache)
+
+    def token_logits(
+        self, token: torch.Tensor, position: int | torch.Tensor, cache: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The step's arithmetic, for both ways of running it. An int position (eager) reads the cache's written
+        prefix; a 0-d tensor position (exported at static shapes) reads the whole cache and masks the slots after
+        it. Writes the token's keys and values into ``cache`` and returns its logits (B, V)."""
         model = self.model
         B, C, H, D = token.shape[0], model.dim_model, model.num_heads, model.head_dim
-        cos, sin = self.cos[position], self.sin[position]  # (D,)
+        if isinstance(position, int):
+            index: int | torch.Tensor = position
+            cos, sin = self.cos[position], self.sin[position]  # (D,)
+        else:
+            index = position.view(1)
+            cos, sin = self.cos.index_select(0, index), self.sin.index_select(0, index)  # (1, D)
+            future = self.slots > position  # (capacity,)
         x = F.embedding(token, model.token_embedding.weight)  # (B, C)
-        for layer in self.layers:
+        for layer, keys, values in zip(self.layers, cache[0::2], cache[1::2]):
             h = F.layer_norm(x, (C,), *layer.norm_attn)
             qkv = F.linear(h, *layer.qkv).view(B, 3, H, D)
             qk = qkv[:, :2]
             # RoPE for one position: the rotate-half sign is folded into sin, so rotating is a roll by D/2.
             q, k = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin).unbind(1)  # (B, H, D)
-            layer.keys[:, :, position] = k
-            layer.values[:, :, position] = qkv[:, 2]
-            keys, values = layer.keys[:, :, : position + 1], layer.values[:, :, : position + 1]  # (B, H, S, D)
-            weights = (q.unsqueeze(2) @ keys.transpose(-2, -1)).mul_(self.scale).softmax(-1)  # (B, H, 1, S)
-            x = x + F.linear((weights @ values).view(B, C), *layer.out)
+            if isinstance(index, int):
+                keys[:, :, index] = k
+                values[:, :, index] = qkv[:, 2]
+                keys, values = keys[:, :, : index + 1], values[:, :, : index + 1]  # (B, H, S, D)
+                weights = (q.unsqueeze(2) @ keys.transpose(-2, -1)).mul_(self.scale).softmax(-1)  # (B, H, 1, S)
+                attended = weights @ values  # (B, H, 1, D)
+            else:
+                # Every slot, the future ones masked. The products are sums over the last axes, which the compiler
+                # turns into vectorised loops: as one-row matrix products they ran 3x slower at batch 8.
+                keys[:, :, index] = k.unsqueeze(2)
+                values[:, :, index] = qkv[:, 2:3].transpose(1, 2)
+                scores = (q.unsqueeze(2) * keys).sum(-1) * self.scale  # (B, H, capacity)
+                weights = scores.masked_fill(future, -math.inf).softmax(-1)
+                attended = (weights.unsqueeze(-1) * values).sum(2)  # (B, H, D)
+            x = x + F.linear(attended.view(B, C), *layer.out)
             h = F.layer_norm(x, (C,), *layer.norm_mlp)
             x = x + F.linear(F.gelu(F.linear(h, *layer.fc_in)), *layer.fc_out)
         x = F.layer_norm(x, (C,), model.final_norm.weight, model.final_norm.bias, model.final_norm.eps)
         return F.linear(x, model.unembed.weight)  # (B, V)
+
+
+def weights_version(model: torch.nn.Module) -> tuple[int, ...]:
+    """The in-place version counter of every parameter: it moves whenever an optimizer step or a load changes one."""
+    return tuple(p._version for p in model.parameters())
+
+
+class _Step(torch.nn.Module):
+    """A decoder's static-shape step as a module, which is what ``torch.export`` takes."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.model = decoder.model  # its parameters become the compiled step's constants
+        self.decoder = [decoder]  # a list: not a submodule
+
+    def forward(self, token: torch.Tensor, position: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder[0].token_logits(token, position, cache)
+
+
+def compile_step(decoder: Decoder) -> Callable[..., torch.Tensor]:
+    """Export the decoder's step at its batch size and capacity and compile it with AOTInductor. The returned
+    function takes (token (B,), position (0-d), cache) and writes the cache in place, like the eager step."""
+    token = torch.zeros(decoder.batch_size, dtype=torch.long, device=decoder.position.device)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # deprecation notices that torch raises inside its own export and compiler code
+        warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated")
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        program = torch.export.export(_Step(decoder), (token, decoder.position, decoder.cache), strict=False)
+        folder = tempfile.TemporaryDirectory(prefix="iluvattnshun-decoder-")
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(Path(folder.name) / "step.pt2"), inductor_configs=AOT_OPTIONS
+        )
+        step = torch._inductor.aoti_load_package(package)
+    weakref.finalize(decoder, folder.cleanup)  # the package lives as long as its decoder
+    return cast(Callable[..., torch.Tensor], step)

@@ -1,4 +1,5 @@
-"""The lean one-token decoder: the same tokens as the general forward pass, its checks, its reuse."""
+"""The lean one-token decoder, eager and compiled: the same tokens as the general forward pass, its checks, its
+reuse."""
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ def test_greedy_tokens_are_identical_to_the_general_path(layers: int, heads: int
     decoder = Decoder(model, batch, 7 + 20)
     decoder.generate(prompt, 20, temperature=0.0)
     full = model.eval()(fast[:, :27]).logits[:, -1]  # logits after all 27 tokens, from scratch
-    step = decoder.step(fast[:, 26], torch.tensor(26))
+    step = decoder.step(fast[:, 26], 26)
     assert torch.allclose(step, full, atol=1e-4)
 
 
@@ -49,3 +50,50 @@ def test_decoder_refuses_what_it_cannot_serve_and_is_reusable() -> None:
         assert torch.equal(
             decoder.generate(prompt, 10, temperature=0.0), model.generate(prompt, 10, temperature=0.0, fast=False)
         )
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Decoder:
+    """One compiled decoder for the tests below: compiling takes tens of seconds on two cores."""
+    torch.manual_seed(5)
+    model = MultilayerTransformer(39, dim_model=32, num_heads=2, num_layers=2).eval()
+    return Decoder(model, 2, 40, compile=True)
+
+
+def test_compiled_step_computes_the_eager_steps_logits_and_the_general_paths_tokens(compiled: Decoder) -> None:
+    model = compiled.model
+    eager = Decoder(model, 2, 40)
+    # teacher-forced through all 40 positions: the logits of every step, not only their argmax
+    seq = torch.randint(0, 39, (2, 40), generator=torch.Generator().manual_seed(0))
+    compiled.prefill(seq[:, :3])
+    eager.prefill(seq[:, :3])
+    for position in range(3, 40):
+        token = seq[:, position]  # a strided view: the compiled step must not read it as contiguous
+        assert torch.allclose(compiled.step(token, position), eager.step(token, position), atol=1e-5)
+    assert torch.allclose(compiled.step(seq[:, 39], 39), model(seq).logits[:, -1], atol=1e-4)
+    for seed in range(3):  # the cache is rewritten for every prompt; prompt lengths differ
+        prompt = torch.randint(0, 39, (2, 4 + 3 * seed), generator=torch.Generator().manual_seed(seed))
+        new = 40 - prompt.shape[1]
+        assert torch.equal(
+            compiled.generate(prompt, new, temperature=0.0), model.generate(prompt, new, temperature=0.0, fast=False)
+        )
+
+
+def test_compiled_decoder_refuses_what_it_cannot_serve_and_weights_changed_since_its_build(
+    compiled: Decoder,
+) -> None:
+    with pytest.raises(ValueError, match="serves batch 2 and 40 positions"):
+        compiled.generate(torch.zeros(1, 5, dtype=torch.long), 5, temperature=0.0)
+    model = compiled.model
+    prompt = torch.randint(0, 39, (2, 6))
+    before = compiled.generate(prompt, 20, temperature=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(prompt).logits.logsumexp(-1).mean().backward()
+    optimizer.step()  # the compiled step still holds the old weights: it must not run on them silently
+    with pytest.raises(RuntimeError, match="parameters changed after this decoder compiled them"):
+        compiled.generate(prompt, 20, temperature=0.0)
+    eager = Decoder(model, 2, 40)  # the eager step reads the parameters as they are now
+    assert torch.equal(
+        eager.generate(prompt, 20, temperature=0.0), model.generate(prompt, 20, temperature=0.0, fast=False)
+    )
+    assert not torch.equal(eager.generate(prompt, 20, temperature=0.0), before)
