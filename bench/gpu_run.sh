@@ -19,5 +19,6 @@ python3 -c "import datasets, plotly, iluvattnshun.task, torch; print(torch.__ver
 timeout 90 python3 -m bench.bench_nn --device cuda --repeats 3 > "$out/bench_nn_cuda.txt" 2>&1
 shakespeare=${ILUVATTNSHUN_SHAKESPEARE:-.whl/shakespeare.txt}
 timeout 240 python3 -m bench.bench_train --device cuda --shakespeare_path="$shakespeare" > "$out/bench_train_cuda.txt" 2>&1
+timeout 180 python3 -m bench.bench_decode --device cuda --batches 1,32 --repeats 3 > "$out/bench_decode_cuda.txt" 2>&1
 timeout 240 python3 -m pytest -m cuda -q -p no:cacheprovider > "$out/cuda_tests.txt" 2>&1
 tail -n 3 "$out/cuda_tests.txt"

@@ -97,3 +97,15 @@ def test_compiled_decoder_refuses_what_it_cannot_serve_and_weights_changed_since
         eager.generate(prompt, 20, temperature=0.0), model.generate(prompt, 20, temperature=0.0, fast=False)
     )
     assert not torch.equal(eager.generate(prompt, 20, temperature=0.0), before)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_decoder_on_cuda_decodes_the_general_paths_tokens() -> None:
+    torch.manual_seed(0)
+    model = MultilayerTransformer(39, dim_model=64, num_heads=4, num_layers=2).cuda().eval()
+    prompt = torch.randint(0, 39, (1, 8), device="cuda")
+    compiled = Decoder(model, 1, 72, compile=True)
+    assert torch.equal(
+        compiled.generate(prompt, 64, temperature=0.0), model.generate(prompt, 64, temperature=0.0, fast=False)
+    )
