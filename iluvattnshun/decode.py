@@ -211,6 +211,7 @@ def compile_step(decoder: Decoder) -> Callable[..., torch.Tensor]:
         # deprecation notices that torch raises inside its own export and compiler code
         warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated")
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated")
         program = torch.export.export(_Step(decoder), (token, decoder.position, decoder.cache), strict=False)
         folder = tempfile.TemporaryDirectory(prefix="iluvattnshun-decoder-")
         package = torch._inductor.aoti_compile_and_package(
