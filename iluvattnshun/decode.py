@@ -54,8 +54,9 @@ class Decoder:
     """Decodes from one model at a fixed batch size and capacity; build it once and reuse it for many prompts.
 
     The eager step reads the model's parameters (not copies), so a model trained further is seen. A compiled
-    decoder holds the weights the model had when it was built: it refuses to run once they have changed (build a
-    new one). A model moved to another device or dtype needs a new decoder.
+    decoder holds the weights the model had when it was built: it refuses to run once they have changed, moved or
+    been replaced (build a new one; see ``weights_state`` for what is seen). A model moved to another device or
+    dtype needs a new decoder either way.
     """
 
     def __init__(self, model: MultilayerTransformer, batch_size: int, capacity: int, compile: bool = False) -> None:
@@ -87,14 +88,15 @@ class Decoder:
         # Keys and values of layer i at 2i and 2i + 1, each (B, H, capacity, D). Zeros: slots past the written
         # prefix stay finite, so the compiled step's masked weights times them are 0, not NaN.
         shape = (batch_size, model.num_heads, capacity, model.head_dim)
-        self.cache = [torch.zeros(shape, device=param.device, dtype=param.dtype) for _ in range(2 * len(blocks))]
+        with torch.inference_mode(False):  # normal tensors even when built in inference mode: export writes them
+            self.cache = [torch.zeros(shape, device=param.device, dtype=param.dtype) for _ in range(2 * len(blocks))]
+            self.slots = torch.arange(capacity, device=param.device)  # (capacity,) the compiled step's mask
+            self.position = torch.zeros((), dtype=torch.long, device=param.device)  # the compiled step's input
         rotary = blocks[0].attn.rotary if blocks else RotaryEmbedding(model.head_dim)
         self.cos, self.sin = rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
         self.scale = 1.0 / math.sqrt(model.head_dim)
-        self.slots = torch.arange(capacity, device=param.device)  # (capacity,) the compiled step's mask
-        self.position = torch.zeros((), dtype=torch.long, device=param.device)  # the compiled step's input
         self.compiled: Callable[..., torch.Tensor] | None = None
-        self.weights_version = weights_version(model)
+        self.weights = weights_state(model)
         if compile:
             self.compiled = compile_step(self)
 
@@ -115,16 +117,17 @@ class Decoder:
                 f"this decoder serves batch {self.batch_size} and {self.capacity} positions, got batch {B} and "
                 f"{P} + {max_new_tokens} positions"
             )
-        if self.compiled is not None and weights_version(self.model) != self.weights_version:
-            raise RuntimeError(
-                "the model's parameters changed after this decoder compiled them into its step; build a new Decoder"
-            )
         return sampling_loop(self.model, prompt, max_new_tokens, self.prefill, self.step, temperature, top_k, generator)
 
     @torch.no_grad()
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) after the (B, P) prompt, run through the general forward pass; its keys and values are
-        copied into the static cache."""
+        copied into the static cache. A compiled decoder checks here that the model's weights are still the ones
+        it was built with."""
+        if self.compiled is not None and weights_state(self.model) != self.weights:
+            raise RuntimeError(
+                "the model's parameters changed after this decoder compiled them into its step; build a new Decoder"
+            )
         P = prompt.shape[1]
         out = self.model(prompt, return_new_kv_cache=True)
         assert out.kv_cache is not None
@@ -139,8 +142,14 @@ class Decoder:
         """Logits (B, V) after feeding ``token`` (B,) at ``position``; writes its keys and values into the cache."""
         if self.compiled is None:
             return self.token_logits(token, position, self.cache)
+        # The compiled step reads its inputs at the layout it was exported with, unchecked: int64, contiguous,
+        # (batch_size,) on the model's device.
+        if token.shape != (self.batch_size,) or token.device != self.position.device:
+            raise ValueError(
+                f"this decoder steps {self.batch_size} tokens on {self.position.device}, got shape "
+                f"{tuple(token.shape)} on {token.device}"
+            )
         self.position.fill_(position)
-        # The compiled step reads its inputs at the layout it was exported with: int64, contiguous.
         return self.compiled(token.to(torch.long).contiguous(), self.position, self.cache)
 
     def token_logits(
@@ -186,9 +195,11 @@ class Decoder:
         return F.linear(x, model.unembed.weight)  # (B, V)
 
 
-def weights_version(model: torch.nn.Module) -> tuple[int, ...]:
-    """The in-place version counter of every parameter: it moves whenever an optimizer step or a load changes one."""
-    return tuple(p._version for p in model.parameters())
+def weights_state(model: torch.nn.Module) -> list[tuple[int, int, torch.dtype, torch.device, int]]:
+    """What changes when a parameter does: the parameter object (a load with ``assign=True`` replaces it), its
+    storage, dtype and device (``.to`` replaces them) and its in-place version counter (an optimizer step or a
+    copying load moves it). Writes through ``.data`` leave no trace."""
+    return [(id(p), p.data_ptr(), p.dtype, p.device, p._version) for p in model.parameters()]
 
 
 class _Step(torch.nn.Module):

@@ -4,7 +4,7 @@ reuse."""
 import pytest
 import torch
 
-from iluvattnshun.decode import Decoder
+from iluvattnshun.decode import Decoder, weights_state
 from iluvattnshun.nn import MultilayerTransformer
 
 
@@ -52,16 +52,13 @@ def test_decoder_refuses_what_it_cannot_serve_and_is_reusable() -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def compiled() -> Decoder:
-    """One compiled decoder for the tests below: compiling takes tens of seconds on two cores."""
+def test_compiled_decoder_matches_the_eager_step_and_refuses_what_it_cannot_serve() -> None:
+    """One compiled decoder (compiling takes tens of seconds on two cores), checked in order: its logits, its
+    tokens, its refusals, and last the refusal of weights changed since its build."""
     torch.manual_seed(5)
     model = MultilayerTransformer(39, dim_model=32, num_heads=2, num_layers=2).eval()
-    return Decoder(model, 2, 40, compile=True)
-
-
-def test_compiled_step_computes_the_eager_steps_logits_and_the_general_paths_tokens(compiled: Decoder) -> None:
-    model = compiled.model
+    with torch.inference_mode():  # a common place to build one: its cache must still be writable by export
+        compiled = Decoder(model, 2, 40, compile=True)
     eager = Decoder(model, 2, 40)
     # teacher-forced through all 40 positions: the logits of every step, not only their argmax
     seq = torch.randint(0, 39, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -78,13 +75,11 @@ def test_compiled_step_computes_the_eager_steps_logits_and_the_general_paths_tok
             compiled.generate(prompt, new, temperature=0.0), model.generate(prompt, new, temperature=0.0, fast=False)
         )
 
-
-def test_compiled_decoder_refuses_what_it_cannot_serve_and_weights_changed_since_its_build(
-    compiled: Decoder,
-) -> None:
     with pytest.raises(ValueError, match="serves batch 2 and 40 positions"):
         compiled.generate(torch.zeros(1, 5, dtype=torch.long), 5, temperature=0.0)
-    model = compiled.model
+    with pytest.raises(ValueError, match=r"steps 2 tokens on cpu, got shape \(1,\)"):
+        compiled.step(torch.zeros(1, dtype=torch.long), 5)  # the compiled function itself checks nothing
+
     prompt = torch.randint(0, 39, (2, 6))
     before = compiled.generate(prompt, 20, temperature=0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -93,10 +88,26 @@ def test_compiled_decoder_refuses_what_it_cannot_serve_and_weights_changed_since
     with pytest.raises(RuntimeError, match="parameters changed after this decoder compiled them"):
         compiled.generate(prompt, 20, temperature=0.0)
     eager = Decoder(model, 2, 40)  # the eager step reads the parameters as they are now
-    assert torch.equal(
-        eager.generate(prompt, 20, temperature=0.0), model.generate(prompt, 20, temperature=0.0, fast=False)
-    )
-    assert not torch.equal(eager.generate(prompt, 20, temperature=0.0), before)
+    after = eager.generate(prompt, 20, temperature=0.0)
+    assert torch.equal(after, model.generate(prompt, 20, temperature=0.0, fast=False))
+    assert not torch.equal(after, before)
+
+
+def test_weights_state_sees_a_step_a_load_a_replacement_and_a_move() -> None:
+    model = MultilayerTransformer(39, dim_model=16, num_heads=2, num_layers=1)
+    state = model.state_dict()
+    changes = [
+        lambda: torch.optim.SGD(model.parameters(), lr=0.1).step(),  # no gradients: nothing moves
+        lambda: model.load_state_dict(state),  # copies in place: the version counters move
+        lambda: model.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True),  # new parameters
+        lambda: model.double(),  # new storage and dtype
+    ]
+    seen = []
+    for change in changes:
+        before = weights_state(model)
+        change()
+        seen.append(weights_state(model) != before)
+    assert seen == [False, True, True, True]
 
 
 @pytest.mark.cuda
