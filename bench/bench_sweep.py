@@ -1,109 +1,160 @@
-"""CPU sweeps: how to split a CPU machine's cores between concurrent training runs.
+"""Concurrent runs on one machine: the aggregate training throughput of runs side by side, launched by the sweep
+launcher, against one run.
 
-Run: python -m bench.bench_sweep [--repeats 3] [--steps 1500] [--write]
+Run:
+    python -m bench.bench_sweep [--repeats 3] [--steps 1500] [--write]               # CPU: split the cores
+    python -m bench.bench_sweep --device cuda --runs 1,8 [--preset paper] [--minutes 1.5] [--write]  # GPU packing
 
-Trains the var_rename quick shape (4 layers, d_model 64, 4 heads, T 32, batch 64) with the real command,
-``python -m examples.var_rename``, in two arrangements that use every core:
+On a CPU, two arrangements use every core: one run with all the cores as torch threads, and one run per core with
+one thread each (the launcher's default). On a GPU, K runs share GPU 0 for each K of ``--runs`` (the launcher's
+``--gpus 0 --max-parallel K``).
 
-- one run with all the cores as torch threads (``OMP_NUM_THREADS=<cores>``);
-- one run per core, side by side, one thread each (what the sweep launcher does by default).
-
-Each run's training throughput is the median of its logged ``train/steps_per_s`` windows (the first window,
-with start-up, left out); an arrangement's aggregate is the sum over its concurrent runs. The arrangements
-alternate ``--repeats`` times; the table gives medians and the ratio against the one-run baseline.
+Every run is ``python -m examples.var_rename`` at ``--preset`` (quick: 4 layers, d_model 64, T 32, batch 64),
+started by ``iluvattnshun.sweep.launch`` in a tmux session (the runs differ by seed) and waited for. A run's
+throughput is the median of its logged ``train/tokens_per_s`` windows, the first (with start-up) left out; an
+arrangement's aggregate is the sum over its runs. The arrangements alternate ``--repeats`` times; the table gives
+medians and the ratio against one run.
 """
 
 import argparse
 import datetime
-import os
+import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.bench_data import machine
 from bench.results import publish
-from iluvattnshun.sweep.plan import available_cores
+from iluvattnshun.sweep.plan import available_cores, plan_runs
+from iluvattnshun.sweep.record import wait_for_runs
+from iluvattnshun.sweep.tmux import kill_session, launch
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTION_START = "<!-- bench_sweep:start -->"
-SECTION_END = "<!-- bench_sweep:end -->"
+SECTIONS = {
+    "cpu": ("<!-- bench_sweep:start -->", "<!-- bench_sweep:end -->"),
+    "cuda": ("<!-- bench_sweep:cuda:start -->", "<!-- bench_sweep:cuda:end -->"),
+}
 
 
-def steps_per_s(run_dir: Path) -> float:
-    """Median logged training throughput of a run, start-up window left out."""
+def median_logged(run_dir: Path, tag: str) -> float:
+    """Median of a run's logged ``train/<tag>`` windows (``steps_per_s``, ``tokens_per_s``), the first (with
+    start-up and compilation) left out."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    values = [e.value for e in acc.Scalars("train/steps_per_s")][1:]
+    values = [e.value for e in acc.Scalars(f"train/{tag}")][1:]
     if not values:
         raise RuntimeError(f"{run_dir} logged no throughput after its first window")
-    return statistics.median(values)
+    return float(statistics.median(values))
 
 
-def arrangement(runs: int, threads: int, steps: int, work: Path) -> float:
-    """Aggregate steps/s of ``runs`` concurrent trainings with ``threads`` torch threads each."""
-    logdir = work / f"logs_{runs}x{threads}"
+def steps_per_s(run_dir: Path) -> float:
+    """Median logged training steps/s of a run, start-up window left out."""
+    return median_logged(run_dir, "steps_per_s")
+
+
+def run_together(runs: int, threads: int | None, gpu: str | None, budget: list[str], work: Path) -> Path:
+    """Train ``runs`` runs at once, launched by the sweep launcher on ``gpu`` (all of them) or on the CPU with
+    ``threads`` torch threads each; returns their log directory once all have ended."""
+    prefix = f"r{runs}x{threads or 'gpu'}"
+    logdir = work / f"logs_{prefix}"
     shutil.rmtree(logdir, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
-    args = [
-        sys.executable, "-m", "examples.var_rename", f"--max_steps={steps}", "--eval_every_n_samples=none",
-        "--save_every_n_seconds=0", "--log_every_n_seconds=2", "--train_size=20000", "--test_size=64",
-        f"--dataset_path={work / 'data'}", f"--tensorboard_logdir={logdir}", "--device=cpu",
+    planned = plan_runs([[("seed", str(i))] for i in range(runs)], prefix, [gpu] if gpu else [], runs, threads)
+    extra = [
+        *budget, "--eval_every_n_samples=none", "--save_every_n_seconds=0", "--log_every_n_seconds=2",
+        "--train_size=20000", "--test_size=64", f"--dataset_path={work / 'data'}", f"--tensorboard_logdir={logdir}",
+        f"--device={'cuda' if gpu else 'cpu'}",
     ]  # fmt: skip
-    procs = [
-        subprocess.Popen([*args, f"--run_name=r{i}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for i in range(runs)
-    ]
-    for proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(err.decode()[-2000:])
-    return sum(steps_per_s(d) for d in sorted(logdir.glob("run_*")))
+    cmd = f"{shlex.quote(sys.executable)} -m examples.var_rename"
+    session = f"bench_sweep_{prefix}"
+    rdir = launch(
+        cmd, planned, session=session, prefix=prefix, extra=extra, replace=True, validate=False, cwd=str(ROOT)
+    )
+    statuses = wait_for_runs(rdir)
+    kill_session(session)  # its panes stay open after their runs, for reading
+    if any(statuses.values()):
+        raise RuntimeError(f"runs of {prefix} failed (exit statuses {statuses}); their logs: {logdir}")
+    return logdir
+
+
+def arrangement(runs: int, threads: int | None, gpu: str | None, budget: list[str], work: Path) -> tuple[float, float]:
+    """Aggregate (tokens/s, steps/s) of ``runs`` concurrent trainings (see ``run_together``)."""
+    logdir = run_together(runs, threads, gpu, budget, work)
+    results = [(median_logged(d, "tokens_per_s"), steps_per_s(d)) for d in sorted(logdir.glob("run_*"))]
+    if len(results) != runs:
+        raise RuntimeError(f"{logdir}: expected {runs} run directories, found {len(results)}")
+    return sum(r[0] for r in results), sum(r[1] for r in results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--runs", default="1,8", help="GPU: the numbers of concurrent runs to compare")
+    parser.add_argument("--preset", default="quick", help="var_rename preset of every run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=1500, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=1500, help="CPU: training steps per run")
+    parser.add_argument("--minutes", type=float, default=1.5, help="GPU: training minutes per run")
     parser.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
-    cores = available_cores()
-    shapes = {f"1 run x {cores} threads": (1, cores), f"{cores} runs x 1 thread": (cores, 1)}
-    results: dict[str, list[float]] = {name: [] for name in shapes}
+    if args.device == "cpu":
+        cores = available_cores()
+        shapes: dict[str, tuple[int, int | None]] = {
+            f"1 run x {cores} threads": (1, cores),
+            f"{cores} runs x 1 thread": (cores, 1),
+        }
+        budget = [f"--max_steps={args.steps}"]
+        gpu = None
+    else:
+        shapes = {f"{k} run{'s' if k > 1 else ''} on one GPU": (k, None) for k in map(int, args.runs.split(","))}
+        budget = [f"--max_minutes={args.minutes}"]
+        gpu = "0"
+    budget.append(f"--preset={args.preset}")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in shapes}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        arrangement(1, 1, 50, work)  # build the dataset cache once, outside the timings
+        # the dataset is built once, outside the timings
+        run_together(1, 1 if gpu is None else None, gpu, [f"--preset={args.preset}", "--max_steps=20"], work)
         for rep in range(args.repeats):
             order = list(shapes.items()) if rep % 2 == 0 else list(shapes.items())[::-1]
             for name, (runs, threads) in order:
-                results[name].append(arrangement(runs, threads, args.steps, work))
-                print(f"repeat {rep + 1}: {name}: {results[name][-1]:.1f} steps/s", flush=True)
-    base = statistics.median(results[f"1 run x {cores} threads"])
+                results[name].append(arrangement(runs, threads, gpu, budget, work))
+                tokens, steps = results[name][-1]
+                print(f"repeat {rep + 1}: {name}: {tokens:,.0f} tokens/s, {steps:.1f} steps/s", flush=True)
+    base = statistics.median(t for t, _ in next(iter(results.values())))
+    where = machine() if gpu is None else f"GPU 0 of {machine()}"
+    command = f"python -m bench.bench_sweep --device {args.device} --preset {args.preset} --repeats {args.repeats} " + (
+        f"--steps {args.steps}" if gpu is None else f"--runs {args.runs} --minutes {args.minutes}"
+    )
+    start, end = SECTIONS[args.device]
     lines = [
-        SECTION_START,
-        "## CPU sweeps: splitting the cores between runs",
+        start,
+        f"## Concurrent runs ({args.device}): {'splitting the cores' if gpu is None else 'packing one GPU'}",
         "",
-        f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python -m bench.bench_sweep "
-        f"--repeats {args.repeats} --steps {args.steps}`. var_rename quick shape (4 layers, d_model 64, T 32, batch "
-        f"64) through `python -m examples.var_rename`; aggregate = sum of the concurrent runs' median steps/s; "
-        f"medians of {args.repeats} alternating repeats.",
+        f"Machine: {where}. Date: {datetime.date.today()}. Command: `{command}`. var_rename `--preset={args.preset}` "
+        "runs launched together by the sweep launcher (tmux); aggregate = sum of the concurrent runs' median "
+        f"logged tokens/s and steps/s; medians of {args.repeats} alternating repeats.",
         "",
-        "| arrangement | aggregate steps/s (median) | each repeat | vs one run |",
-        "|---|---:|---|---:|",
+        "| arrangement | aggregate tokens/s (median) | aggregate steps/s | tokens/s, each repeat | vs one run |",
+        "|---|---:|---:|---|---:|",
     ]
     for name, values in results.items():
-        each = ", ".join(f"{v:.1f}" for v in values)
-        lines.append(f"| {name} | {statistics.median(values):.1f} | {each} | {statistics.median(values) / base:.2f}x |")
+        tokens = statistics.median(t for t, _ in values)
+        steps = statistics.median(s for _, s in values)
+        each = ", ".join(f"{t:,.0f}" for t, _ in values)
+        lines.append(f"| {name} | {tokens:,.0f} | {steps:.1f} | {each} | {tokens / base:.2f}x |")
     lines += [
         "",
-        "The sweep launcher's CPU default (`CPU_THREADS_PER_RUN` in `iluvattnshun/sweep/plan.py`) follows the winner.",
-        SECTION_END,
+        (
+            "The sweep launcher's CPU default (`CPU_THREADS_PER_RUN` in `iluvattnshun/sweep/plan.py`) follows the winner."
+            if gpu is None
+            else "The launcher's runs per GPU (`--max-parallel`) should follow the winner."
+        ),
+        end,
     ]
-    publish(lines, SECTION_START, SECTION_END, args.write)
+    publish(lines, start, end, args.write)
 
 
 if __name__ == "__main__":

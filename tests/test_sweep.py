@@ -401,3 +401,25 @@ def test_sigterm_saves_exits_143_and_the_summary_says_stopped(tmp_path: Path, se
     assert results[0].state.startswith("stopped at step ") and results[0].state.endswith("(SIGTERM)")
     step = int(results[0].state.split()[3])
     assert step > 0 and (results[0].run_dir / f"ckpt_{step:08d}.pt").is_file()  # type: ignore[operator]
+
+
+@requires_tmux
+@pytest.mark.slow
+def test_concurrent_runs_benchmark_launches_through_the_launcher_and_reports_the_split() -> None:
+    """bench/bench_sweep.py end to end: real var_rename runs in real tmux sessions, their logged throughput read
+    back from TensorBoard, and no session left behind."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_sweep", "--repeats", "1", "--steps", "250"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "thread" in line]
+    cores = os.cpu_count() if not hasattr(os, "sched_getaffinity") else len(os.sched_getaffinity(0))
+    assert [row.split(" | ")[0] for row in rows] == [f"| 1 run x {cores} threads", f"| {cores} runs x 1 thread"]
+    for row in rows:
+        tokens, steps = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:3])
+        assert tokens > 0 and steps > 0
+        assert tokens == pytest.approx(steps * 64 * 32, rel=0.05)  # the quick preset: batch 64 x 32 tokens
+    assert rows[0].endswith("| 1.00x |")
+    assert "bench_sweep_" not in tmux("ls").stdout
