@@ -30,13 +30,14 @@ import torch.nn.functional as F
 
 from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer, check_generate_args, sampling_loop
 
-AOT_OPTIONS: dict[str, Any] = {
+CPU_AOT_OPTIONS: dict[str, Any] = {
     "max_autotune": True,
     "autotune_num_choices_displayed": 0,
     "max_autotune_report_choices_stats": False,
 }
-"""AOTInductor settings for the compiled step: autotuned matrix products (1.4x the untuned compiled step at batch
-1 on this project's CPU, 2026-11-29), without printing the autotuning tables and statistics."""
+"""AOTInductor settings for the compiled step on a CPU: autotuned matrix products (1.4x the untuned compiled step
+at batch 1 on this project's CPU, 2026-11-29), without printing the autotuning tables and statistics. On a GPU the
+step is compiled untuned until a GPU measurement says otherwise."""
 
 
 class _Layer(NamedTuple):
@@ -226,7 +227,9 @@ def compile_step(decoder: Decoder) -> Callable[..., torch.Tensor]:
         program = torch.export.export(_Step(decoder), (token, decoder.position, decoder.cache), strict=False)
         folder = tempfile.TemporaryDirectory(prefix="iluvattnshun-decoder-")
         package = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(Path(folder.name) / "step.pt2"), inductor_configs=AOT_OPTIONS
+            program,
+            package_path=str(Path(folder.name) / "step.pt2"),
+            inductor_configs=CPU_AOT_OPTIONS if token.device.type == "cpu" else {},
         )
         step = torch._inductor.aoti_load_package(package)
     weakref.finalize(decoder, folder.cleanup)  # the package lives as long as its decoder
