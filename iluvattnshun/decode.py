@@ -15,7 +15,8 @@ Two ways to run the step:
 - compiled (``Decoder(..., compile=True)``): the step is exported at static shapes (the position is a tensor and
   attention covers the whole capacity under a mask) and compiled ahead of time by AOTInductor into one C++
   function with the weights built in. A token then costs a fraction of the eager step (bench/RESULTS.md,
-  "Decoding"), for a compilation of some seconds when the decoder is built: worth it for long or many decodes.
+  "Decoding"), for a compilation of about half a minute when the decoder is built (on this project's 2-core CPU):
+  worth it for long or many decodes.
 """
 
 import math
@@ -66,7 +67,7 @@ class Decoder:
         batch_size: prompts decoded together.
         capacity: longest prompt + new tokens this decoder serves. The compiled step attends over all of it, so
             size it to what you decode.
-        compile: compile the step ahead of time (see the module docstring); this takes some seconds, here.
+        compile: compile the step ahead of time (see the module docstring); this takes about half a minute, here.
         """
         if capacity < 1 or batch_size < 1:
             raise ValueError(f"batch_size and capacity must be >= 1, got {batch_size}, {capacity}")
