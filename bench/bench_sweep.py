@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.bench_data import machine
 from bench.results import publish
-from iluvattnshun.sweep.plan import available_cores, plan_runs
+from iluvattnshun.sweep.plan import SweepError, available_cores, plan_runs
 from iluvattnshun.sweep.record import wait_for_runs
 from iluvattnshun.sweep.tmux import kill_session, launch
 
@@ -56,9 +56,12 @@ def steps_per_s(run_dir: Path) -> float:
     return median_logged(run_dir, "steps_per_s")
 
 
-def run_together(runs: int, threads: int | None, gpu: str | None, budget: list[str], work: Path) -> Path:
+def run_together(
+    runs: int, threads: int | None, gpu: str | None, budget: list[str], work: Path, validate: bool = False
+) -> Path:
     """Train ``runs`` runs at once, launched by the sweep launcher on ``gpu`` (all of them) or on the CPU with
-    ``threads`` torch threads each; returns their log directory once all have ended."""
+    ``threads`` torch threads each; returns their log directory once all have ended. ``validate``: check the
+    runs' flags with the task first (a bad one raises ``SweepError`` before anything starts)."""
     prefix = f"r{runs}x{threads or 'gpu'}"
     logdir = work / f"logs_{prefix}"
     shutil.rmtree(logdir, ignore_errors=True)
@@ -71,7 +74,7 @@ def run_together(runs: int, threads: int | None, gpu: str | None, budget: list[s
     cmd = f"{shlex.quote(sys.executable)} -m examples.var_rename"
     session = f"bench_sweep_{prefix}"
     rdir = launch(
-        cmd, planned, session=session, prefix=prefix, extra=extra, replace=True, validate=False, cwd=str(ROOT)
+        cmd, planned, session=session, prefix=prefix, extra=extra, replace=True, validate=validate, cwd=str(ROOT)
     )
     statuses = wait_for_runs(rdir)
     kill_session(session)  # its panes stay open after their runs, for reading
@@ -99,6 +102,27 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.5, help="GPU: training minutes per run")
     parser.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
+    try:
+        sizes = [int(k) for k in args.runs.split(",")]
+    except ValueError:
+        sizes = []
+    problems = [
+        *([] if sizes and min(sizes) >= 1 else [f"runs: a comma-separated list of counts >= 1, got {args.runs!r}"]),
+        *([] if args.repeats >= 1 else [f"repeats must be >= 1, got {args.repeats}"]),
+        *([] if args.steps >= 1 else [f"steps must be >= 1, got {args.steps}"]),
+        *([] if args.minutes > 0 else [f"minutes must be > 0, got {args.minutes}"]),
+    ]
+    try:
+        if problems:
+            raise SweepError(problems[0])
+        measure(args, sizes)
+    except SweepError as e:  # a bad value here, or a flag the task rejects (e.g. --preset), before any run started
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def measure(args: argparse.Namespace, sizes: list[int]) -> None:
+    """Run the arrangements, print the table and, with ``--write``, record it."""
     if args.device == "cpu":
         cores = available_cores()
         shapes: dict[str, tuple[int, int | None]] = {
@@ -108,7 +132,7 @@ def main() -> None:
         budget = [f"--max_steps={args.steps}"]
         gpu = None
     else:
-        shapes = {f"{k} run{'s' if k > 1 else ''} on one GPU": (k, None) for k in map(int, args.runs.split(","))}
+        shapes = {f"{k} run{'s' if k > 1 else ''} on one GPU": (k, None) for k in sizes}
         budget = [f"--max_minutes={args.minutes}"]
         gpu = "0"
     budget.append(f"--preset={args.preset}")
@@ -116,7 +140,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # the dataset is built once, outside the timings
-        run_together(1, 1 if gpu is None else None, gpu, [f"--preset={args.preset}", "--max_steps=20"], work)
+        run_together(
+            1, 1 if gpu is None else None, gpu, [f"--preset={args.preset}", "--max_steps=20"], work, validate=True
+        )
         for rep in range(args.repeats):
             order = list(shapes.items()) if rep % 2 == 0 else list(shapes.items())[::-1]
             for name, (runs, threads) in order:

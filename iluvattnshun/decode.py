@@ -98,8 +98,8 @@ class Decoder:
         self.cos, self.sin = rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
         self.scale = 1.0 / math.sqrt(model.head_dim)
         self.compiled: Callable[..., torch.Tensor] | None = None
-        self.weights = weights_state(model)
         if compile:
+            self.weights = weights_state(model)  # what the compiled step was built with
             self.compiled = compile_step(self)
 
     @torch.no_grad()

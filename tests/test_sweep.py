@@ -18,6 +18,7 @@ import yaml
 
 import sweep_dummy
 from iluvattnshun import sweep
+from iluvattnshun.sweep.plan import available_cores
 
 DUMMY = Path(__file__).with_name("sweep_dummy.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -415,7 +416,7 @@ def test_concurrent_runs_benchmark_launches_through_the_launcher_and_reports_the
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "thread" in line]
-    cores = os.cpu_count() if not hasattr(os, "sched_getaffinity") else len(os.sched_getaffinity(0))
+    cores = available_cores()
     assert [row.split(" | ")[0] for row in rows] == [f"| 1 run x {cores} threads", f"| {cores} runs x 1 thread"]
     for row in rows:
         tokens, steps = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:3])
