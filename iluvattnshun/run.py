@@ -1,9 +1,13 @@
 """Load a finished (or running) run back from its directory: config, model and prompter, for notebooks."""
 
+import ast
 import importlib
+import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -13,8 +17,9 @@ import torch.nn as nn
 
 from iluvattnshun import rundir
 from iluvattnshun.checkpoint import load_checkpoint, load_model_state_dict
-from iluvattnshun.config import config_from_yaml_string
+from iluvattnshun.config import Config, config_from_yaml_string
 from iluvattnshun.nn import MultilayerTransformer
+from iluvattnshun.prompter import Prompter
 
 
 class LoadedRun(NamedTuple):
@@ -34,29 +39,139 @@ class LoadedRun(NamedTuple):
     """Which checkpoint file was loaded."""
 
 
-def _import_class(path: str, run: rundir.RunDir, trust_code: bool) -> type[Any]:
-    """Import ``module:QualName``; with ``trust_code``, fall back to the run's script snapshot.
+class UntrustedCodeError(ImportError, ValueError):
+    """A recorded class cannot be loaded without executing code that is not the user's own (or is not a class of
+    the kind the checkpoint says): a ``ValueError`` too, so that commands report it as bad input."""
 
-    A run started as ``python path/to/script.py`` records its classes under ``__main__``, which here names the
-    loading process's own main module (a notebook kernel, pytest): such a path always needs the snapshot.
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _locate_module(module_name: str, run: rundir.RunDir) -> Path | None:
+    """Find where ``module_name`` (and each parent package) would be imported from, without executing anything.
+
+    Returns the module's source file, or None when it is not importable here. Raises ``UntrustedCodeError`` when a
+    part of it lies in a run directory (``run_<N>...``, or the one loaded: files that came with runs are data, never
+    code), when it is not a Python source file, or when it is part of the standard library (no task class lives
+    there: a checkpoint naming one is made up).
     """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    search: list[Path] = []
+    origin: Path | None = None
+    parts = module_name.split(".")
+    for i, part in enumerate(parts):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        spec = getattr(loaded, "__spec__", None) if loaded is not None else None
+        if spec is None and i == 0:
+            spec = importlib.machinery.PathFinder.find_spec(name)
+        if spec is not None:
+            locations = [Path(p) for p in (spec.submodule_search_locations or [])]
+            origin = Path(spec.origin) if spec.origin and spec.has_location else None
+        else:  # a submodule, found the way the path finder would find it, without importing its parents
+            locations, origin = [], None
+            for where in search:
+                if (where / part / "__init__.py").is_file():
+                    locations, origin = [where / part], where / part / "__init__.py"
+                    break
+                if (where / f"{part}.py").is_file():
+                    origin = where / f"{part}.py"
+                    break
+                if (where / part).is_dir():
+                    locations.append(where / part)  # a namespace package's portion
+            if origin is None and not locations:
+                return None
+        for where in [*locations, *([origin] if origin is not None else [])]:
+            in_run = any(rundir.RUN_PATTERN.match(p) for p in where.resolve().parts)
+            if in_run or _inside(where, run.path):
+                raise UntrustedCodeError(
+                    f"{module_name!r} would be imported from {where}, a run directory's files: a checkpoint's "
+                    "recorded classes are imported only from installed or importable code, never from run folders"
+                )
+            if _inside(where, stdlib) and not _inside(where, purelib):
+                raise UntrustedCodeError(
+                    f"{module_name!r} is a standard-library module: no task class is defined there"
+                )
+        search = locations
+    if origin is None or origin.suffix != ".py":
+        raise UntrustedCodeError(f"{module_name!r} is not a Python source module: it holds no task class")
+    return origin
+
+
+def _defines_class(source: Path, qualname: str) -> bool:
+    """Whether ``source`` defines (or imports) the top-level name of ``qualname``, read without executing it."""
+    top = qualname.split(".")[0]
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == top:
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any((a.asname or a.name.split(".")[0]) in (top, "*") for a in node.names):
+                return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == top for t in targets):
+                return True
+    return False
+
+
+def _import_class(path: Any, run: rundir.RunDir, trust_code: bool, kind: type, role: str) -> type[Any]:
+    """Import the ``module:QualName`` a checkpoint records for ``role``: a subclass of ``kind``.
+
+    The module is imported only when it is importable here without the run's files (never from a run directory,
+    never the standard library) and its source defines that name; otherwise, and for a run started as ``python
+    script.py`` (its classes are recorded under ``__main__``), the class comes from the run's script snapshot, which
+    is executed only with ``trust_code``.
+
+    Raises:
+        UntrustedCodeError: a class that would need code from the run directory without ``trust_code``, a name the
+            checkpoint made up, or a class of the wrong kind.
+        ImportError: when the class cannot be found.
+    """
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise UntrustedCodeError(f"the checkpoint records {role} class {str(path)[:200]!r}, not 'module:QualName'")
     module_name, _, qualname = path.partition(":")
+    if not _MODULE_NAME.match(module_name) or not _MODULE_NAME.match(qualname):
+        raise UntrustedCodeError(f"the checkpoint records {role} class {path[:200]!r}, not 'module:QualName'")
     module: ModuleType | None = None
+    refused: UntrustedCodeError | None = None
     if module_name != "__main__":
         try:
+            source = _locate_module(module_name, run)
+        except UntrustedCodeError as e:
+            source, refused = None, e
+        if source is not None:
+            if not _defines_class(source, qualname):
+                raise UntrustedCodeError(
+                    f"the checkpoint records {role} class {path!r}, but {source} defines no {qualname.split('.')[0]!r}"
+                )
             module = importlib.import_module(module_name)
-        except ImportError:
-            pass
     if module is None:
         snapshot = run.script_path
-        if not snapshot.is_file():
-            raise ImportError(f"cannot import {module_name!r} and {run.path} holds no script snapshot")
         if not trust_code:
-            raise ImportError(
+            if refused is not None:
+                raise refused
+            if not snapshot.is_file():
+                raise ImportError(f"cannot import {module_name!r} and {run.path} holds no script snapshot")
+            raise UntrustedCodeError(
                 f"the class {qualname!r} was defined in a script that is not importable here ({module_name!r}); "
                 f"loading it means executing {snapshot}, code saved in the run directory. Read it, then pass "
                 "trust_code=True if you trust it"
             )
+        if not snapshot.is_file():
+            raise ImportError(f"cannot import {module_name!r} and {run.path} holds no script snapshot")
         # The snapshot's `if __name__ == "__main__"` block does not run.
         alias = f"_iluvattnshun_run_{abs(hash(str(snapshot)))}"
         spec = importlib.util.spec_from_file_location(alias, snapshot)
@@ -70,8 +185,8 @@ def _import_class(path: str, run: rundir.RunDir, trust_code: bool) -> type[Any]:
         obj = getattr(obj, part, None)
         if obj is None:
             raise ImportError(f"{module_name!r} has no class {qualname!r} (recorded in the checkpoint as {path!r})")
-    if not isinstance(obj, type):
-        raise ImportError(f"{path!r} is not a class")
+    if not isinstance(obj, type) or not issubclass(obj, kind):
+        raise UntrustedCodeError(f"the checkpoint's {role} class {path!r} is not a {kind.__name__} subclass")
     return obj
 
 
@@ -125,14 +240,20 @@ def load_run(
     if not isinstance(classes, dict) or "config" not in classes:
         raise ValueError(f"{path} records no task classes: it was not written by iluvattnshun's Trainer")
 
-    config_cls = _import_class(classes["config"], run, trust_code)
+    config_cls = _import_class(classes["config"], run, trust_code, Config, "config")
+    if not isinstance(state.get("config"), str):
+        raise ValueError(f"{path} records no config (YAML text)")
     config = config_from_yaml_string(state["config"], config_cls, source=str(path))
-    prompter = _import_class(classes["prompter"], run, trust_code)(config) if "prompter" in classes else None
+    prompter = None
+    if "prompter" in classes:
+        prompter = _import_class(classes["prompter"], run, trust_code, Prompter, "prompter")(config)
     trainer = None
     if isinstance(state.get("model_kwargs"), dict):
         model: nn.Module = MultilayerTransformer(**state["model_kwargs"])
     else:  # a custom model: only its trainer knows how to build it
-        trainer = _import_class(classes["trainer"], run, trust_code)(config)
+        from iluvattnshun.trainer import Trainer  # the trainer pulls in the whole loop: only for custom models
+
+        trainer = _import_class(classes.get("trainer"), run, trust_code, Trainer, "trainer")(config)
         model = trainer.get_model()
     load_model_state_dict(model, state["model"], source=str(path))
     model.to(device).eval()

@@ -89,6 +89,54 @@ def test_load_run_of_a_plain_script_uses_its_snapshot_only_when_trusted(tmp_path
     )
 
 
+def test_load_run_never_imports_code_a_checkpoint_names_from_run_folders_or_made_up(tmp_path: Path) -> None:
+    # A run directory is data: a checkpoint naming its own snapshot (importable from the current directory as
+    # logs.run_1_x.run_1_x), a .py planted beside it, a standard-library module or a class of the wrong kind is
+    # refused with one clear error and nothing runs; trust_code=True stays the one way to execute a snapshot.
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from toy_task import ToyConfig, ToyTrainer
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    config = ToyConfig(
+        tensorboard_logdir="logs", run_name="x", max_steps=2, num_epochs=-1, device="cpu", save_every_n_seconds=0
+    )
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ToyTrainer(config).run()
+    finally:
+        os.chdir(cwd)
+    run_dir = tmp_path / "logs" / "run_1_x"
+    (ckpt,) = run_dir.glob("ckpt_*.pt")
+    state = torch.load(ckpt, weights_only=True)
+    evil = "import pathlib; pathlib.Path('MARKER').write_text('ran')\nclass ToyConfig: pass\n"
+    (run_dir / "run_1_x.py").write_text(evil + (run_dir / "run_1_x.py").read_text())
+    (run_dir / "planted.py").write_text(evil)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    load = "import sys; from iluvattnshun import load_run; r = load_run('logs/run_1_x'); print(type(r.prompter))"
+    cases = {
+        "logs.run_1_x.run_1_x:ToyConfig": "run directory",
+        "logs.run_1_x.planted:ToyConfig": "run directory",
+        "this:ToyConfig": "standard-library",
+        "subprocess:Popen": "standard-library",
+        "iluvattnshun.nn:MultilayerTransformer": "not a Config subclass",
+        "toy_task:ToyConfig prompter=iluvattnshun.trainer:Trainer": "not a Prompter subclass",
+    }
+    for recorded, expected in cases.items():
+        config_path, _, prompter = recorded.partition(" prompter=")
+        classes = {**state["classes"], "config": config_path, **({"prompter": prompter} if prompter else {})}
+        torch.save({**state, "classes": classes}, ckpt)
+        proc = subprocess.run(
+            [sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode != 0 and expected in proc.stderr, (recorded, proc.stderr[-1500:])
+        assert "Zen of Python" not in proc.stdout and not (tmp_path / "MARKER").exists(), recorded
+    torch.save(state, ckpt)
+    proc = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+
+
 @pytest.mark.parametrize("task", ["var_rename", "var_eval", "dag"])
 def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Path, task: str) -> None:
     proc = run_module(f"examples.{task}", [*tiny_args(tmp_path), "--log_attention_maps"], cwd=tmp_path)
