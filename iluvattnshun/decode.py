@@ -50,6 +50,7 @@ class _Layer(NamedTuple):
     norm_mlp: tuple[torch.Tensor, torch.Tensor | None, float]
     fc_in: tuple[torch.Tensor, torch.Tensor | None]
     fc_out: tuple[torch.Tensor, torch.Tensor | None]
+    qk_gain: torch.Tensor | None
 
 
 class Decoder:
@@ -84,6 +85,7 @@ class Decoder:
                 (b.norm_mlp.weight, b.norm_mlp.bias, b.norm_mlp.eps),
                 (b.mlp.fc_in.weight, b.mlp.fc_in.bias),
                 (b.mlp.fc_out.weight, b.mlp.fc_out.bias),
+                b.attn.qk_gain,
             )
             for b in blocks
         ]
@@ -173,7 +175,9 @@ class Decoder:
         for layer, keys, values in zip(self.layers, cache[0::2], cache[1::2]):
             h = F.layer_norm(x, (C,), *layer.norm_attn)
             qkv = F.linear(h, *layer.qkv).view(B, 3, H, D)
-            qk = qkv[:, :2]
+            qk = qkv[:, :2]  # (B, 2, H, D)
+            if layer.qk_gain is not None:
+                qk = F.rms_norm(qk, (D,)) * layer.qk_gain.view(2, 1, D)
             # RoPE for one position: the rotate-half sign is folded into sin, so rotating is a roll by D/2.
             q, k = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin).unbind(1)  # (B, H, D)
             if isinstance(index, int):

@@ -37,6 +37,9 @@ class ModelConfig(Config):
     tie_weights: bool = False
     """Use the token embedding as the output projection (a predicted token and the same token read as input
     then share one direction in the residual stream)."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys (with a learnable gain) before RoPE: keeps the attention softmax
+    out of its flat regime, which shortens the first plateau of multi-hop tasks (bench/RESULTS.md)."""
 
     def validate(self) -> None:
         super().validate()

@@ -180,7 +180,13 @@ class Attention(_Hookable):
     """Multi-head causal self-attention with RoPE and an optional KV cache."""
 
     def __init__(
-        self, dim_model: int, num_heads: int, rope_base: float = 10000.0, bias: bool = True, layer_idx: int = 0
+        self,
+        dim_model: int,
+        num_heads: int,
+        rope_base: float = 10000.0,
+        bias: bool = True,
+        layer_idx: int = 0,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which layer of a KVCache this module reads and writes
@@ -192,6 +198,11 @@ class Attention(_Hookable):
         self.qkv_proj = nn.Linear(dim_model, 3 * dim_model, bias=bias)  # one matmul for q, k and v
         self.out_proj = nn.Linear(dim_model, dim_model, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, rope_base)
+        # QK-norm: queries and keys RMS-normalised per head, times a learnable gain per head dimension (shared by
+        # the heads), before RoPE. Bounded scores keep the softmax out of its flat, uniform regime, where the
+        # gradient that would sharpen attention vanishes (the first plateau of multi-hop tasks).
+        # One vector (q's gain, then k's): like every norm gain it is neither re-initialised nor weight-decayed.
+        self.qk_gain = nn.Parameter(torch.ones(2 * self.head_dim)) if qk_norm else None  # (2D,)
 
     def forward(
         self,
@@ -220,6 +231,8 @@ class Attention(_Hookable):
         offset = kv_cache.length if kv_cache is not None else 0
         qkv = self.qkv_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         qk, v = qkv.split([2, 1])  # (2, B, H, T, D), (1, B, H, T, D)
+        if self.qk_gain is not None:
+            qk = F.rms_norm(qk, (self.head_dim,)) * self.qk_gain.view(2, 1, 1, 1, self.head_dim)  # (2, B, H, T, D)
         q, k = self.rotary(qk, offset=offset).unbind(0)  # one rotation for q and k together
         q, k, v = self._hook("q", q), self._hook("k", k), self._hook("v", v[0])
         if kv_cache is not None:
@@ -300,10 +313,11 @@ class TransformerLayer(_Hookable):
         dropout_mlp: float = 0.1,
         bias: bool = True,
         layer_idx: int = 0,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim_model)
-        self.attn = Attention(dim_model, num_heads, rope_base, bias=bias, layer_idx=layer_idx)
+        self.attn = Attention(dim_model, num_heads, rope_base, bias=bias, layer_idx=layer_idx, qk_norm=qk_norm)
         self.dropout_attn = nn.Dropout(dropout_attn)
         self.norm_mlp = nn.LayerNorm(dim_model)
         self.mlp = MLP(dim_model, bias=bias)
@@ -358,6 +372,7 @@ class MultilayerTransformer(_Hookable):
         dropout_emb: float = 0.1,
         bias: bool = True,
         tie_weights: bool = False,
+        qk_norm: bool = False,
         **original_names: int,
     ) -> None:
         """Args are ``ModelConfig``'s fields; the original names ``d_model``, ``n_heads`` and ``n_layers`` are
@@ -379,6 +394,7 @@ class MultilayerTransformer(_Hookable):
             "dropout_emb": dropout_emb,
             "bias": bias,
             "tie_weights": tie_weights,
+            "qk_norm": qk_norm,
         }
         for name, value in (("vocab_size", vocab_size), ("dim_model", dim_model), ("num_heads", num_heads)):
             if value < 1:
@@ -393,7 +409,9 @@ class MultilayerTransformer(_Hookable):
         self.token_embedding = nn.Embedding(vocab_size, dim_model)
         self.dropout_emb = nn.Dropout(dropout_emb)
         self.layers = nn.ModuleList(
-            TransformerLayer(dim_model, num_heads, rope_base, dropout_attn, dropout_mlp, bias=bias, layer_idx=i)
+            TransformerLayer(
+                dim_model, num_heads, rope_base, dropout_attn, dropout_mlp, bias=bias, layer_idx=i, qk_norm=qk_norm
+            )
             for i in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(dim_model)
@@ -413,7 +431,7 @@ class MultilayerTransformer(_Hookable):
         residual_std = 0.02 / math.sqrt(2 * max(self.num_layers, 1))
         for name, p in self.named_parameters():
             if p.dim() < 2:
-                continue  # LayerNorm weights/biases and linear biases keep PyTorch's defaults (ones / zeros)
+                continue  # norm gains and biases keep their defaults (ones / zeros)
             std = residual_std if name.endswith(("out_proj.weight", "fc_out.weight")) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
         for module in self.modules():

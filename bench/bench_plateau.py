@@ -1,0 +1,251 @@
+"""The first plateau of var_rename: steps until depth 1 is learnt and until the reach is 4, per recipe variant and seed.
+
+Run:
+    python -m bench.bench_plateau [--seeds 5] [--max_steps 3000] [--variants baseline,qk_norm] [--write]
+
+Every run trains the depth recipe (``--preset=depth``: AdamW 1e-3, 200 warmup steps, batch 64, fresh prompts of
+2 chains, 8 renames in the curriculum's first stage) at one small shape (3 layers, d_model 64, 4 heads) with a
+constant learning rate, evaluating every ``--eval_every`` steps on one fixed set of prompts of the training
+length (``--eval_prompts``, seed 1234). It stops when both marks are passed or at ``--max_steps``:
+
+    escape   first evaluation with depth-1 accuracy >= 0.9 (the model left the first plateau)
+    reach 4  first evaluation with depth reach at 90% >= 4 (every depth 0..4 >= 0.9)
+
+A variant is the recipe with one change (see ``VARIANTS``). Runs go two at a time, one torch thread each, seeds
+interleaved across variants; each finished run is appended to ``--out`` (JSON lines), and a rerun skips the runs
+already there. The table gives each variant's median and worst seed ("> max_steps" when a seed never got there).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.bench_data import machine
+from bench.results import publish
+from examples.var_rename.task import VarRenameConfig, VarRenamePrompter, depth
+from iluvattnshun.model_config import build_model
+from iluvattnshun.nn import MultilayerTransformer
+from iluvattnshun.optim import build_optimizer, build_scheduler
+from iluvattnshun.task import depth_reach
+
+SECTION = ("<!-- bench_plateau:start -->", "<!-- bench_plateau:end -->")
+SHAPE = {"num_layers": 3, "dim_model": 64, "num_heads": 4}
+EVAL_SEED = 1234
+
+
+def config_of(variant: str) -> VarRenameConfig:
+    """The depth recipe at the benchmark's shape, with a variant's config changes."""
+    changes: dict[str, Any] = {
+        "qk_norm": {"qk_norm": True},
+        "lr_3e-4": {"lr": 3e-4},
+        "warmup_1000": {"warmup_steps": 1000},
+        "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
+    }.get(variant, {})
+    return dataclasses.replace(depth(), **SHAPE, lr_decay="none", **changes)
+
+
+def scale_queries(factor: float) -> Callable[[MultilayerTransformer], None]:
+    """Softmax temperature 1/factor on every layer's scores (queries scaled through the model's ``q`` hooks)."""
+
+    def apply(model: MultilayerTransformer) -> None:
+        for i in range(model.num_layers):
+            model._hook_fns[f"layers.{i}.attn.q"] = lambda q, name: q * factor
+
+    return apply
+
+
+def unscaled_init(model: MultilayerTransformer) -> None:
+    """GPT-2's residual scaling undone: the residual output projections drawn at std 0.02 like every matrix."""
+    for name, p in model.named_parameters():
+        if name.endswith(("out_proj.weight", "fc_out.weight")):
+            nn.init.normal_(p, std=0.02)
+
+
+MODEL_CHANGES: dict[str, Callable[[MultilayerTransformer], None]] = {
+    "temperature_0.5": scale_queries(2.0),
+    "unscaled_init": unscaled_init,
+}
+VARIANTS = [
+    "baseline",
+    "qk_norm",
+    "temperature_0.5",
+    "unscaled_init",
+    "lr_3e-4",
+    "depth_balanced",
+    "warmup_1000",
+    "qk_norm+lr_3e-3",
+]
+"""baseline: the depth recipe; qk_norm: ``--qk_norm``; temperature_0.5: scores x 2 (Hoffmann et al.'s softmax
+temperature); unscaled_init: residual projections at std 0.02; lr_3e-4, warmup_1000: the optimiser's schedule;
+depth_balanced: each target's loss weighted by 1 / (targets of its depth in the batch), so rare deep positions weigh
+as much as shallow ones."""
+
+
+def loss_of(
+    logits: torch.Tensor, answer: torch.Tensor, depth_: torch.Tensor, mask: int, balanced: bool
+) -> torch.Tensor:
+    """Cross-entropy over the targets; ``balanced``: every depth present in the batch weighs the same."""
+    losses = F.cross_entropy(logits.flatten(0, 1), answer.flatten(), ignore_index=mask, reduction="none")  # (B*T,)
+    target = answer.flatten() != mask
+    if not balanced:
+        return losses[target].mean()
+    d = depth_.flatten()[target]
+    counts = torch.bincount(d)
+    weights = 1.0 / counts[d].float()  # each depth's weights sum to 1
+    return (losses[target] * weights).sum() / (counts > 0).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: dict[str, torch.Tensor], mask: int) -> tuple[dict[int, float], dict[int, int]]:
+    """Accuracy and scored positions per depth on the evaluation prompts."""
+    model.eval()
+    preds = torch.cat([model(p).logits.argmax(-1) for p in data["prompt"].split(500)])
+    model.train()
+    target = data["answer"] != mask
+    depths, correct = data["depth"][target], (preds == data["answer"])[target]
+    totals = torch.bincount(depths)
+    hits = torch.bincount(depths, weights=correct.float())
+    counts = {d: int(n) for d, n in enumerate(totals.tolist()) if n}
+    return {d: float(hits[d]) / counts[d] for d in counts}, counts
+
+
+def as_tensors(cols: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(cols[k].astype(np.int64)) for k in ("prompt", "answer", "depth")}
+
+
+def run_one(variant: str, seed: int, max_steps: int, eval_every: int, eval_prompts: int) -> dict[str, Any]:
+    """Train one (variant, seed) until both marks are passed or ``max_steps``; returns the marks and the last eval."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    config = config_of(variant)
+    prompter = VarRenamePrompter(config)
+    mask = prompter.mask_token
+    model = build_model(prompter.vocab_size, config)
+    if variant in MODEL_CHANGES:
+        MODEL_CHANGES[variant](model)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, config, max_steps)
+    rng = np.random.default_rng(seed)
+    eval_data = as_tensors(prompter.sample_batch(np.random.default_rng(EVAL_SEED), eval_prompts))
+    escape = reach4 = None
+    accuracy: dict[int, float] = {}
+    step = 0
+    while step < max_steps and (escape is None or reach4 is None):
+        batch = as_tensors(prompter.at_step(step).sample_batch(rng, config.batch_size))
+        logits = model(batch["prompt"]).logits  # (B, T, V)
+        loss = loss_of(logits, batch["answer"], batch["depth"], mask, variant == "depth_balanced")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_norm_max:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_max)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if step % eval_every == 0:
+            accuracy, counts = evaluate(model, eval_data, mask)
+            if escape is None and accuracy.get(1, 0.0) >= 0.9:
+                escape = step
+            if reach4 is None and depth_reach(accuracy, counts, 0.9, 100) >= 4:
+                reach4 = step
+    return {
+        "variant": variant,
+        "seed": seed,
+        "escape": escape,
+        "reach4": reach4,
+        "steps": step,
+        "acc": [round(accuracy.get(d, 0.0), 3) for d in range(6)],
+    }
+
+
+def worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def summarise(results: list[dict[str, Any]], variants: list[str], max_steps: int) -> list[str]:
+    """One table row per variant: seeds, median and worst seed of both marks, every seed's marks."""
+
+    def fmt(v: float | None) -> str:
+        return f"> {max_steps:,}" if v is None or math.isinf(v) else f"{v:,.0f}"
+
+    rows = []
+    for variant in variants:
+        runs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        marks = {}
+        for key in ("escape", "reach4"):
+            values = [math.inf if r[key] is None else float(r[key]) for r in runs]
+            marks[key] = (statistics.median_low(values), max(values))
+        seeds = ", ".join(f"{fmt(r['escape'])} / {fmt(r['reach4'])}" for r in runs)
+        rows.append(
+            f"| {variant} | {len(runs)} | {fmt(marks['escape'][0])} | {fmt(marks['escape'][1])} | "
+            f"{fmt(marks['reach4'][0])} | {fmt(marks['reach4'][1])} | {seeds} |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--max_steps", type=int, default=2500)
+    parser.add_argument("--eval_every", type=int, default=100)
+    parser.add_argument("--eval_prompts", type=int, default=300)
+    parser.add_argument("--variants", default=",".join(VARIANTS[:6]), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one torch thread each")
+    parser.add_argument("--out", default="results/bench_plateau.jsonl", help="finished runs, one JSON line each")
+    parser.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {VARIANTS}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    done = [r for r in done if r.get("max_steps") == args.max_steps and r.get("eval_every") == args.eval_every]
+    have = {(r["variant"], r["seed"]) for r in done}
+    todo = [(v, s) for s in range(args.seeds) for v in variants if (v, s) not in have]
+    with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn"), initializer=worker_init) as pool:
+        futures = [pool.submit(run_one, v, s, args.max_steps, args.eval_every, args.eval_prompts) for v, s in todo]
+        for future in futures:
+            result = {**future.result(), "max_steps": args.max_steps, "eval_every": args.eval_every}
+            done.append(result)
+            with out.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            print(json.dumps(result), flush=True)
+    lines = [
+        SECTION[0],
+        "## The first plateau of var_rename: steps to escape it, per recipe variant (`bench/bench_plateau.py`)",
+        "",
+        f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python -m bench.bench_plateau "
+        f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every} --write` ({args.parallel} "
+        f"runs at a time, one torch thread each).",
+        "",
+        f"Depth recipe at {SHAPE['num_layers']} layers, d_model {SHAPE['dim_model']}, {SHAPE['num_heads']} heads, "
+        f"constant lr after warmup; fresh prompts of 2 chains x 8 renames (the curriculum's first stage); evaluated "
+        f"every {args.eval_every} steps on {args.eval_prompts} fixed prompts of the same shape. Escape: first step "
+        f"with depth-1 accuracy >= 0.9; reach 4: first step with depth reach at 90% >= 4. Lower is better.",
+        "",
+        "| variant | seeds | escape: median | escape: worst | reach 4: median | reach 4: worst | each seed "
+        "(escape / reach 4) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *summarise(done, variants, args.max_steps),
+        SECTION[1],
+    ]
+    publish(lines, *SECTION, args.write)
+
+
+if __name__ == "__main__":
+    main()
