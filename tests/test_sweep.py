@@ -218,6 +218,28 @@ def test_missing_tmux_says_how_to_install_it(tmp_path: Path) -> None:
 
 
 @requires_tmux
+def test_grid_values_reach_tmux_titles_literally(tmp_path: Path, session: str) -> None:
+    # tmux expands #(...) in a format by running it in a shell: a grid value in a pane title must stay text.
+    marker = tmp_path / "MARKER"
+    value = f"#(touch {marker})#{{pane_id}}"
+    # The working directory, which tmux also expands (a directory name cannot hold a path: the command sets a tmux
+    # variable instead).
+    variable = f"SWEEP_TEST_{session.replace('-', '_')}"
+    cwd = tmp_path / f"dir #(tmux set-environment -g {variable} 1)"
+    cwd.mkdir()
+    runs = sweep.plan_runs([[("note", value)]], "t", [])
+    sweep.launch(
+        "pwd >where; true", runs, session=session, prefix="t", status_dir=tmp_path / "rec", validate=False, cwd=str(cwd)
+    )
+    time.sleep(1.0)
+    titles = tmux("list-panes", "-s", "-t", f"={session}", "-F", "#{pane_title}").stdout.splitlines()
+    assert not marker.exists()
+    assert titles == [f"t_0 [cpu] note={value}"], titles
+    assert (cwd / "where").read_text().strip() == str(cwd)
+    assert tmux("show-environment", "-g", variable).returncode != 0
+
+
+@requires_tmux
 def test_launch_on_two_gpus_replaces_session_and_summarizes(
     tmp_path: Path, session: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

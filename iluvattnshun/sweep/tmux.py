@@ -52,6 +52,11 @@ def kill_session(session: str) -> None:
         _tmux("kill-session", "-t", f"={session}")
 
 
+def literal(text: str) -> str:
+    """``text`` as a tmux format that expands to itself: ``#`` starts a format (``#(cmd)`` runs a shell command)."""
+    return text.replace("#", "##")
+
+
 def _pane_title(pane_runs: Sequence[Run]) -> str:
     names = ", ".join(r.run_name for r in pane_runs)
     where = "cpu" if pane_runs[0].gpu is None else f"gpu {pane_runs[0].gpu}"
@@ -66,6 +71,7 @@ def create_session(session: str, scripts: Sequence[Path], titles: Sequence[str],
         The number of windows used.
     """
     cols, rows = WINDOW_SIZE
+    cwd = literal(cwd)  # tmux expands formats in a start directory too
     commands = [f"bash {shlex.quote(str(s))}" for s in scripts]
     window = _tmux(
         "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), "-c", cwd,
@@ -95,7 +101,7 @@ def create_session(session: str, scripts: Sequence[Path], titles: Sequence[str],
         _tmux("set-option", "-w", "-t", w, "pane-border-status", "top")
         _tmux("set-option", "-w", "-t", w, "pane-border-format", " #{pane_index}: #{pane_title} ")
     for pane_id, title in zip(pane_ids, titles):
-        _tmux("select-pane", "-t", pane_id, "-T", title)
+        _tmux("select-pane", "-t", pane_id, "-T", literal(title))  # tmux expands formats in -T: grid values are text
     return len(windows)
 
 
