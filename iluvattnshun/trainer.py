@@ -455,6 +455,11 @@ class Trainer(ABC, Generic[C]):
         """Tokens in a batch, for tokens/s: by default the size of the first int64 2-D tensor, else None."""
         return _first_token_count(batch)
 
+    def step_cost(self, step: int) -> float:
+        """Relative cost of training step ``step`` (default 1: every step costs the same). A task whose steps get
+        dearer (a growing curriculum) returns more for later steps, so that the ETA expects the slowdown."""
+        return 1.0
+
     # ------------------------------------------------------------------------------------------------------
     # Setup
 
@@ -716,7 +721,9 @@ class Trainer(ABC, Generic[C]):
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:
-        """SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts."""
+        """SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts. SIGUSR1 / SIGUSR2
+        (a cluster scheduler's warning before a time limit or preemption, e.g. ``sbatch --signal=B:USR1@90``) do as
+        SIGTERM does, so that a requeued run continues with ``--resume``."""
         self._signal_received: int | None = None
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -727,7 +734,8 @@ class Trainer(ABC, Generic[C]):
                 raise KeyboardInterrupt
             self._signal_received = signum
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
         try:
             yield
         finally:
@@ -977,24 +985,33 @@ class Trainer(ABC, Generic[C]):
         self._log_grad_norm_count = 0
         self._log_window = (time.time(), self.progress.step, self.progress.samples_seen, self.progress.tokens_seen)
 
+    def _cost_between(self, start: int, end: int) -> float:
+        """Sum of ``step_cost`` over steps ``start .. end - 1``, sampled at 200 evenly spaced steps when longer."""
+        if end <= start:
+            return 0.0
+        stride = max(1, (end - start) // 200)
+        return sum(self.step_cost(s) * min(stride, end - s) for s in range(start, end, stride))
+
     def _eta_seconds(self) -> float | None:
-        """Seconds left under the tightest budget, from the step rate of this session (None: no budget)."""
+        """Seconds left under the tightest budget, from this session's time per unit of ``step_cost`` (so a task
+        whose later steps cost more gets an ETA that expects it; None: no budget)."""
         cfg = self.config
         p = self.progress
         elapsed = time.time() - self._segment_start
-        done = p.step - self._segment_start_step
-        rate = done / elapsed if elapsed > 0 and done > 0 else None
+        done = self._cost_between(self._segment_start_step, p.step)
+        per_unit = elapsed / done if elapsed > 0 and done > 0 else None
         etas = []
         if cfg.max_minutes is not None:
             etas.append(cfg.max_minutes * 60 - self._train_time())
-        if rate is not None:
+        if per_unit is not None:
             if cfg.max_steps is not None:
-                etas.append((cfg.max_steps - p.step) / rate)
+                etas.append(self._cost_between(p.step, cfg.max_steps) * per_unit)
             loader = self.train_loader
             length = len(loader) if isinstance(loader, collections.abc.Sized) else None
             if cfg.num_epochs > 0 and length:
                 left = cfg.num_epochs * length - (p.epoch * length + p.batch_idx)
-                etas.append(math.ceil(left / cfg.grad_accum_steps) / rate)
+                steps_left = math.ceil(left / cfg.grad_accum_steps)
+                etas.append(self._cost_between(p.step, p.step + steps_left) * per_unit)
         return max(0.0, min(etas)) if etas else None
 
     def _maybe_log_train(self) -> None:
