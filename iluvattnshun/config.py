@@ -14,6 +14,7 @@ aliases and the error messages, so they cannot drift apart.
 """
 
 import ast
+import collections.abc
 import dataclasses
 import difflib
 import inspect
@@ -252,15 +253,17 @@ def coerce_value(value: Any, tp: Any) -> Any:
             return None
         raise ValueError(f"got null, expected {type_name(tp)}")
     if _is_union(tp):
-        return _first_member(tp, lambda arg: coerce_value(value, arg), f"got {value!r}, expected {type_name(tp)}")
+        return _first_member(
+            tp, lambda arg: coerce_value(value, arg), f"got {short_repr(value)}, expected {type_name(tp)}"
+        )
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ValueError(f"got {value!r}, expected one of {type_name(tp)}")
+        raise ValueError(f"got {short_repr(value)}, expected one of {type_name(tp)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"got {value!r}, expected {type_name(tp)}")
+            raise ValueError(f"got {short_repr(value)}, expected {type_name(tp)}")
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         inner = args[0] if args else Any
         items = [coerce_value(v, inner) for v in value]
@@ -279,7 +282,7 @@ def coerce_value(value: Any, tp: Any) -> Any:
             return value
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ValueError(f"got {value!r}, expected {type_name(tp)}")
+    raise ValueError(f"got {short_repr(value)}, expected {type_name(tp)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -328,9 +331,11 @@ def config_from_dict(
     aliases = field_aliases(cls)
     unknown = [str(k) for k in d if aliases.get(k, k) not in hints]
     if unknown:
-        close = _suggest(unknown[0], cls)
+        close = _suggest(unknown[0][:100], cls)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}{hint}")
+        listed = ", ".join(short_repr(k, 40) if len(k) > 40 else k for k in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {listed}{more}{hint}")
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
         name = aliases.get(key, key)
@@ -356,15 +361,38 @@ def get_yaml_string(config: Any) -> str:
     return text
 
 
+MAX_YAML_BYTES = 1 << 20
+"""The largest config YAML read (a run's config is a few kilobytes)."""
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages never hold an unbounded value."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+    """A safe YAML loader that refuses a mapping with the same key twice (PyYAML keeps the last silently) and
+    aliases (``*name``): a config never needs them, and nested aliases expand exponentially (a "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config", mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a name", key_node.start_mark)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {short_repr(key)}", key_node.start_mark
+                )
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
@@ -382,6 +410,8 @@ def config_from_yaml_string(
     Raises:
         ValueError: for invalid YAML, a key given twice, a non-mapping document, unknown keys or ill-typed values.
     """
+    if len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"{source} holds {len(text):,} characters: a config is at most {MAX_YAML_BYTES:,}")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
@@ -412,8 +442,12 @@ def load_config_from_yaml(
         IsADirectoryError: if the path is a directory.
         ValueError: for unknown keys (named) or values that do not fit their field's type.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        raw = f.read(MAX_YAML_BYTES + 1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a UTF-8 text file (YAML): byte {e.start} is {raw[e.start]:#04x}") from None
     return config_from_yaml_string(text, cls, source=str(path), base=base, on_alias=on_alias)
 
 
@@ -503,12 +537,19 @@ def _apply_overrides(config: C, cls: type[C], overrides: list[tuple[str, str | N
     hints = config_fields(cls)
     aliases = field_aliases(cls)
     values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for given, text in overrides:
         name = aliases.get(given, given)
         if name not in hints:
             close = _suggest(given, cls, _SPECIAL_OPTIONS)
             hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help"
             raise _CLIError(f"unknown option --{given}{hint}")
+        if name in spelled:
+            # One value per field: a silent "last one wins" hides a typo or a sweep override that never applies.
+            first = spelled[name]
+            both = f"--{given} is given twice" if first == given else f"--{first} and --{given} both set --{name}"
+            raise _CLIError(f"{both}; give it once")
+        spelled[name] = given
         if name != given:
             _note(f"--{given} is an earlier name of --{name}")
         tp = hints[name]
@@ -520,7 +561,7 @@ def _apply_overrides(config: C, cls: type[C], overrides: list[tuple[str, str | N
         try:
             values[name] = parse_value(text, tp)
         except ValueError as e:
-            raise _CLIError(f"invalid value {text!r} for --{name} ({type_name(tp)}): {e}") from None
+            raise _CLIError(f"invalid value {short_repr(text, 200)} for --{name} ({type_name(tp)}): {e}") from None
     try:
         return dataclasses.replace(config, **values)  # type: ignore[type-var]
     except (ValueError, TypeError) as e:
@@ -561,6 +602,7 @@ def parse_config(
 
     want_help = any(a in ("--help", "-h") for a in args)
     preset_name: str | None = default_preset
+    preset_given = False
     config_path: str | None = None
     print_config = False
     overrides: list[tuple[str, str | None]] = []
@@ -573,11 +615,15 @@ def parse_config(
                 if not presets:
                     raise _CLIError("--preset: this program defines no presets")
                 if value is None or value not in presets:
-                    raise _CLIError(f"unknown preset {value!r}; choose from {', '.join(presets)}")
-                preset_name = value
+                    raise _CLIError(f"unknown preset {short_repr(value)}; choose from {', '.join(presets)}")
+                if preset_given:
+                    raise _CLIError("--preset is given twice; give it once")
+                preset_name, preset_given = value, True
             elif name == "config":
                 if not value:
                     raise _CLIError("--config needs a path: --config=path/to/run.yaml")
+                if config_path is not None:
+                    raise _CLIError("--config is given twice; give it once")
                 config_path = value
             elif name == "print_config":
                 if value is not None and parse_value(value, bool) is False:

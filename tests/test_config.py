@@ -97,8 +97,6 @@ def test_parse_by_annotated_type() -> None:
     assert cfg.compile is True and cfg.resume is False
     assert cfg.mode == "slow" and cfg.dims == (1, 2, 3) and cfg.note is None
     assert cfg.grad_accum_steps == 2 and cfg.run_name == "exp 1"
-    # later flags win (sweeps append overrides)
-    assert parse(["--num_layers=3", "--num_layers=5"]).num_layers == 5
     for text, expected in [("false", False), ("0", False), ("NO", False), ("true", True), ("1", True)]:
         assert parse([f"--compile={text}"]).compile is expected
     assert parse(["--max_steps=none"]).max_steps is None
@@ -128,6 +126,9 @@ def test_presets() -> None:
         (["--num_layers=100"], ["num_layers must be <= 64"]),  # validate() hook
         (["--batch_size=0"], ["batch_size must be >= 1"]),  # TrainerConfig.validate via super()
         (["--config=/nonexistent/run.yaml"], ["no such file"]),
+        # One value per field: a second one (same name or another of its names) is an error naming both.
+        (["--num_layers=3", "--num_layers=5"], ["--num_layers is given twice"]),
+        (["--preset=small", "--preset=big"], ["--preset is given twice"]),
     ],
 )
 def test_errors_exit_2_with_one_line(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,6 +214,33 @@ def test_earlier_names_are_accepted_with_a_note(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit):
         parse_config(Renamed, ["--help"])
     assert "--learning_rate -> --lr" in capsys.readouterr().out
+    for argv in (["--lr=0.5", "--learning_rate=0.001"], ["--learning_rate=0.001", "--lr=0.5"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_config(Renamed, argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: {argv[0].split('=')[0]} and {argv[1].split('=')[0]} both set --lr; give it once" in err, err
+
+
+def test_yaml_aliases_and_huge_or_binary_files_are_refused_quickly(tmp_path: Path) -> None:
+    # A "billion laughs": each level holds 9 aliases of the one before, all under one valid key (kept to 9^6 items
+    # here, so that code that expands it fails the test instead of hanging it).
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x]"] + [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 6)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("lr: [" + ", ".join(levels) + "]\n")
+    with pytest.raises(ValueError, match=r"bomb.yaml.*aliases \(\*name\) are not allowed") as exc:
+        load_config_from_yaml(str(path), TaskConfig)
+    assert len(str(exc.value)) < 1000
+    path.write_text("note: [" + ", ".join(["1"] * 10_000) + "]\n")  # a long value: the error shows a short form
+    with pytest.raises(ValueError, match="note") as exc:
+        load_config_from_yaml(str(path), TaskConfig)
+    assert len(str(exc.value)) < 500
+    path.write_bytes(b"lr: 0.1\n\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"bomb.yaml is not a UTF-8 text file"):
+        load_config_from_yaml(str(path), TaskConfig)
+    path.write_text("lr: 0.1\n" + "#" * (2 << 20))
+    with pytest.raises(ValueError, match="a config is at most"):
+        load_config_from_yaml(str(path), TaskConfig)
 
 
 def test_yaml_round_trip_is_exact(tmp_path: Path) -> None:

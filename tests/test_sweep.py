@@ -199,6 +199,15 @@ def test_unknown_grid_key_is_relayed_from_print_config(tmp_path: Path, capsys: p
     assert "run 1 (--num_layers=x)" in err and "expected int" in err
 
 
+def test_a_field_swept_under_two_names_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # lr and learning_rate (its earlier name) name one field: the task refuses the pair, so the sweep stops before
+    # any run instead of planning runs whose lr values never apply.
+    cmd = f"{shlex.quote(sys.executable)} -m examples.var_rename --tensorboard_logdir={shlex.quote(str(tmp_path))}"
+    argv = ["--cmd", cmd, "--grid", "lr=0.1", "--grid", "learning_rate=0.2", "--gpus=none", "--dry-run"]
+    err = error_of(argv, capsys)
+    assert "--lr and --learning_rate both set --lr" in err, err
+
+
 def test_missing_tmux_says_how_to_install_it(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
