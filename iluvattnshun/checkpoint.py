@@ -9,7 +9,7 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -24,14 +24,37 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
     atomic_write(path, lambda f: torch.save(dict(state), f), durable=True)
 
 
-def prune_checkpoints(directory: str | os.PathLike[str], keep_last_n: int) -> list[Path]:
-    """Delete all but the newest ``keep_last_n`` checkpoints in ``directory``; returns the deleted paths."""
+def prune_checkpoints(
+    directory: str | os.PathLike[str],
+    keep_last_n: int,
+    protect: Iterable[str | os.PathLike[str]] = (),
+    run: str | None = None,
+) -> list[Path]:
+    """Delete a run's older checkpoints in ``directory``, keeping its newest ``keep_last_n`` that load.
+
+    Only good checkpoints count and only good checkpoints go: a file that does not load (corrupt, truncated, a stray
+    ``ckpt_*.pt``) is neither kept in place of a good one nor deleted, and with ``run`` given, a checkpoint that
+    records another run (``state["run"]``) is left alone. Files in ``protect`` (the checkpoint a run resumed from)
+    are never deleted. Returns the deleted paths.
+    """
     if keep_last_n < 1:
         raise ValueError(f"keep_last_n must be >= 1, got {keep_last_n}")
-    old = list_checkpoints(directory)[:-keep_last_n]
-    for path in old:
-        path.unlink(missing_ok=True)
-    return old
+    protected = {Path(p).resolve() for p in protect}
+    kept = 0
+    deleted: list[Path] = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            state = load_checkpoint(path)
+        except (ValueError, OSError):
+            continue
+        if run is not None and state.get("run", run) != run:
+            continue
+        if kept < keep_last_n:
+            kept += 1
+        elif path.resolve() not in protected:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted[::-1]
 
 
 def load_checkpoint(

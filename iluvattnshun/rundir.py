@@ -21,6 +21,9 @@ CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 LOCK_FILE = ".lock"
 """Held (``flock``) by the process training in the run directory."""
 
+OWNER_FILE = ".run"
+"""In a checkpoint directory other than the run directory (``save_model_path``): the run directory it belongs to."""
+
 
 def checkpoint_name(step: int) -> str:
     """The file name of the checkpoint taken after ``step`` optimizer steps."""
@@ -34,6 +37,39 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_PATTERN.match(p.name)) and p.is_file()]
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_dir_owner(directory: str | os.PathLike[str]) -> str | None:
+    """The run directory (absolute path) that a checkpoint directory was claimed by, or None when unclaimed."""
+    try:
+        with open(Path(directory) / OWNER_FILE, "rb") as f:
+            text = f.read(4096).decode("utf-8", errors="replace").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return text or None
+
+
+def claim_checkpoint_dir(directory: str | os.PathLike[str], run_path: str | os.PathLike[str]) -> None:
+    """Record that ``directory`` holds the checkpoints of the run in ``run_path`` (once: the first claim wins).
+
+    Raises:
+        ValueError: naming the owner when another run has claimed the directory.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    mine = os.path.abspath(run_path)
+    try:
+        fd = os.open(d / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        owner = checkpoint_dir_owner(d)
+        if owner is not None and owner != mine:
+            raise ValueError(
+                f"save_model_path: {str(directory)!r} holds the checkpoints of the run {owner}; a checkpoint directory "
+                "belongs to one run: choose another directory, or --resume that run"
+            ) from None
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(mine + "\n")
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:

@@ -30,6 +30,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -498,6 +499,13 @@ class Trainer(ABC, Generic[C]):
             if not os.path.isfile(cfg.load_model_path):
                 raise ValueError(f"load_model_path: no such file {cfg.load_model_path!r}")
             load_checkpoint(cfg.load_model_path)  # unreadable: refused now, not after the run directory exists
+        owner = rundir.checkpoint_dir_owner(cfg.save_model_path) if cfg.save_model_path else None
+        if cfg.save_model_path and not cfg.resume and (owner or rundir.list_checkpoints(cfg.save_model_path)):
+            raise ValueError(
+                f"save_model_path: {cfg.save_model_path!r} holds the checkpoints of "
+                f"{'the run ' + owner if owner else 'another run'}; a checkpoint directory belongs to one run: choose "
+                "another directory, or --resume that run"
+            )
         if not cfg.resume:
             return None
         runs = rundir.matching_runs(cfg.tensorboard_logdir, cfg.run_name)
@@ -509,6 +517,9 @@ class Trainer(ABC, Generic[C]):
         skipped = []
         for run in runs:
             ckpt_dir = cfg.save_model_path or str(run.path)
+            if owner is not None and owner != os.path.abspath(run.path):
+                skipped.append(f"{ckpt_dir} holds the checkpoints of the run {owner}, not of {run.path}")
+                continue
             for path in reversed(rundir.list_checkpoints(ckpt_dir)):
                 try:
                     load_checkpoint(path)
@@ -683,6 +694,19 @@ class Trainer(ABC, Generic[C]):
                 raise ConfigError(" ".join(str(e).split())) from e
             self.run_dir = resume_path if resume_path is not None else self._allocate_run_dir()
             self.ckpt_dir = cfg.save_model_path or self.run_dir
+            self._resumed_from = resume_ckpt
+            if cfg.save_model_path:
+                claim_error = None
+                if self.is_main:
+                    try:
+                        rundir.claim_checkpoint_dir(cfg.save_model_path, self.run_dir)
+                    except (ValueError, OSError) as e:  # a run started at the same moment claimed it first
+                        claim_error = str(e)
+                        if resume_path is None:
+                            shutil.rmtree(self.run_dir, ignore_errors=True)
+                claim_error = tdist.broadcast_object(claim_error)
+                if claim_error is not None:
+                    raise ConfigError(" ".join(claim_error.split()))
             if self.is_main:
                 if resume_path is None:
                     held.enter_context(rundir.RunDir(Path(self.run_dir)).lock())
@@ -1142,6 +1166,7 @@ class Trainer(ABC, Generic[C]):
             "world_size": self.world_size,
             "config": get_yaml_string(self._recorded_config),
             "classes": {role: class_path(cls) for role, cls in self.task_classes().items()},
+            "run": os.path.basename(os.path.normpath(self.run_dir)) if self.run_dir else None,
             "val_metrics": {k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
         }
 
@@ -1177,7 +1202,10 @@ class Trainer(ABC, Generic[C]):
             write_checkpoint(path, state)
             keep = 1 if self.config.overwrite_existing_checkpoints else self.config.keep_last_n
             if keep is not None:
-                prune_checkpoints(self.ckpt_dir, keep)
+                # Only this run's checkpoints that load are counted and pruned, never the one it resumed from.
+                resumed: str | None = getattr(self, "_resumed_from", None)
+                protect = [resumed] if resumed else []
+                prune_checkpoints(self.ckpt_dir, keep, protect=protect, run=state["run"])
             self.logger.notice("saved checkpoint", path)
         self._last_saved_step = self.progress.step
         tdist.barrier()

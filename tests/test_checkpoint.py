@@ -55,3 +55,13 @@ def test_prune_keeps_the_newest(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / checkpoint_name(step), {"step": step})
     assert [p.name for p in prune_checkpoints(tmp_path, 2)] == [checkpoint_name(1), checkpoint_name(2)]
     assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(3), checkpoint_name(4)]
+
+
+def test_prune_counts_and_deletes_only_good_checkpoints_of_the_run(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path / checkpoint_name(step), {"step": step, "run": "run_1_a"})
+    save_checkpoint(tmp_path / checkpoint_name(4), {"step": 4, "run": "run_2_b"})  # another run's
+    (tmp_path / checkpoint_name(9)).write_bytes(b"garbage")  # newest by name, unreadable
+    deleted = prune_checkpoints(tmp_path, 1, protect=[tmp_path / checkpoint_name(1)], run="run_1_a")
+    assert [p.name for p in deleted] == [checkpoint_name(2)]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(s) for s in (1, 3, 4, 9)]

@@ -336,6 +336,35 @@ def test_overwrite_existing_checkpoints_keeps_only_the_newest(tmp_path: Path) ->
         make_config(tmp_path, keep_last_n=0)
 
 
+def test_retention_after_a_fallback_resume_keeps_the_good_checkpoints(tmp_path: Path) -> None:
+    first = train(make_config(tmp_path, max_steps=3, run_name="k"))
+    run_dir = Path(first.run_dir or "")
+    garbage = run_dir / "ckpt_00000099.pt"
+    garbage.write_bytes(b"not a checkpoint")  # the newest file by name, and unreadable: resume falls back to 3
+    train(make_config(tmp_path, max_steps=6, run_name="k", resume=True, keep_last_n=1, save_every_n_seconds=1e-6))
+    names = [p.name for p in list_checkpoints(run_dir)]
+    # The garbage file is neither kept in place of a good checkpoint nor deleted; the one resumed from stays.
+    assert names == ["ckpt_00000003.pt", "ckpt_00000006.pt", "ckpt_00000099.pt"], names
+    again = train(make_config(tmp_path, max_steps=8, run_name="k", resume=True, keep_last_n=1))
+    assert again.progress.step == 8
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt_00000006.pt", "ckpt_00000008.pt", garbage.name]
+
+
+def test_a_checkpoint_directory_belongs_to_one_run(tmp_path: Path) -> None:
+    shared = str(tmp_path / "ckpts")
+    a = train(make_config(tmp_path, max_steps=3, run_name="A", save_model_path=shared))
+    with pytest.raises(ValueError, match=f"save_model_path: .*holds the checkpoints of the run {a.run_dir}"):
+        train(make_config(tmp_path, max_steps=3, run_name="B", save_model_path=shared))
+    assert [r.base for r in rundir.list_runs(tmp_path / "logs")] == [Path(a.run_dir or "").name]
+    resumed = train(make_config(tmp_path, max_steps=5, run_name="A", resume=True, save_model_path=shared))
+    assert resumed.run_dir == a.run_dir and resumed.progress.step == 5
+    assert "run_name: A" in (Path(a.run_dir or "") / "run_1_A.yaml").read_text()
+    # Another run cannot resume from A's directory either: it names the owner.
+    rundir.allocate(tmp_path / "logs", "C")
+    with pytest.raises(ValueError, match="holds the checkpoints of the run"):
+        train(make_config(tmp_path, max_steps=6, run_name="C", resume=True, save_model_path=shared))
+
+
 def test_val_metrics_weighted_by_batch_size(tmp_path: Path) -> None:
     # 40 validation sequences in batches of 32 and 8
     trainer = train(make_config(tmp_path, max_steps=2, val_size=40, dropout=0.0))
