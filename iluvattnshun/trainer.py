@@ -252,8 +252,19 @@ def run_from_command_line(
     )
     trainer = None
     try:
-        trainer = make_trainer(config)
-        trainer.run()
+        with _terminate_as_exception():
+            trainer = make_trainer(config)
+            trainer.run()
+    except (KeyboardInterrupt, _Terminated) as e:
+        if debug:
+            raise
+        signum = signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
+        if trainer is None or trainer.run_dir is None:
+            where = "before training started; nothing was saved"
+        else:
+            where = f"outside the training loop; last checkpoint: {trainer._last_checkpoint()}"
+        print(f"error: stopped by {signum.name} {where}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     except ConfigError as e:
         if debug:
             raise
@@ -267,6 +278,27 @@ def run_from_command_line(
         raise SystemExit(1) from None
     if trainer.stopped_by_signal is not None:
         raise SystemExit(128 + trainer.stopped_by_signal)
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (which saves and stops on it): ends the program like Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``_Terminated`` (the loop installs its own handler over this one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: types.FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def move_to_device(batch: T, device: str | torch.device) -> T:
@@ -832,6 +864,9 @@ class Trainer(ABC, Generic[C]):
             self._evaluate()
         reason = ""
         interrupted = False
+        if self._signal_received is not None:  # during the first evaluation: stop before any step
+            interrupted, self.stopped_by_signal = True, self._signal_received
+            reason = f"stopped by {signal.Signals(self._signal_received).name} during the first evaluation"
         while not reason:
             if cfg.max_steps is not None and p.step >= cfg.max_steps:
                 reason = f"reached max_steps={cfg.max_steps}"
@@ -871,6 +906,9 @@ class Trainer(ABC, Generic[C]):
 
         if not interrupted and p.samples_seen != p.last_eval_samples:
             self._evaluate()
+            if self._signal_received is not None:  # the final evaluation was cut short: not a finished run
+                self.stopped_by_signal = self._signal_received
+                reason += f", then stopped by {signal.Signals(self._signal_received).name} in the final evaluation"
         if self._nonfinite_anywhere():
             self._raise_lazy_nonfinite()
         path = self.save_checkpoint()

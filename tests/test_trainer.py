@@ -259,6 +259,52 @@ def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     assert signal.getsignal(signum) == before  # handlers restored
 
 
+class SignalInEval(ToyTrainer):
+    """Sends itself SIGTERM during the first batch of the evaluation at step ``eval_step``."""
+
+    eval_step = 0
+
+    def val_metrics(self, model: nn.Module, batch: Any, preds: Any) -> dict[str, Any]:
+        if self.progress.step == self.eval_step and self._signal_received is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().val_metrics(model, batch, preds)
+
+
+@pytest.mark.parametrize("eval_step", [0, 6])
+def test_a_signal_during_the_first_or_final_evaluation_is_not_swallowed(tmp_path: Path, eval_step: int) -> None:
+    # The evaluation at step 0 comes before any step, the one at step 6 after the last (max_steps): a signal in
+    # either stops the run as a signal does (saved, stopped_by_signal set: exit 143), not as a finished run.
+    trainer = SignalInEval(make_config(tmp_path, max_steps=6, eval_every_n_samples=None))
+    trainer.eval_step = eval_step
+    trainer.run()
+    assert trainer.stopped_by_signal == signal.SIGTERM and trainer.progress.step == eval_step
+    assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == [f"ckpt_0000000{eval_step}.pt"]
+
+
+def test_a_signal_during_the_dataset_build_exits_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        data = tmp_path / f"data_{signum.name}"
+        args = [f"--tensorboard_logdir={tmp_path / 'logs'}", f"--dataset_path={data}", "--train_size=3000000"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "examples.var_rename", *args],
+            env=env,
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while not data.exists() and time.time() < deadline:  # the build has begun
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if line.strip() and "%" not in line and "note:" not in line]
+        assert proc.returncode == code, err[-2000:]
+        assert lines[-1].startswith(f"error: stopped by {signum.name} before training started"), err[-2000:]
+        assert "Traceback" not in err
+
+
 def test_ctrl_c_on_the_command_line_saves_and_exits_130(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     args = [
