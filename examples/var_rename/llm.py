@@ -12,6 +12,7 @@ run the model.
 """
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from examples.var_rename.task import VarRenameConfig, VarRenamePrompter
-from iluvattnshun.files import atomic_write
+from iluvattnshun.files import atomic_write, check_writable
 from iluvattnshun.task import depth_reach
 
 INSTRUCTION = (
@@ -73,21 +74,37 @@ def questions(per_depth: int, max_depth: int, num_chains: int, seed: int) -> lis
             program = prompt[: 4 * s + 4]
             out.append(Question(f"d{depth}_{found}", depth, program[-2], program, answer[4 * s]))
             found += 1
+    # Every id carries a fingerprint of the export, so that answers to another export are refused, not scored.
+    digest = hashlib.sha256("\n".join(f"{q.id} {q.program} {q.variable}" for q in out).encode()).hexdigest()[:8]
+    for q in out:
+        q.id = f"{digest}_{q.id}"
     return out
 
 
 def export(out: Path, per_depth: int, max_depth: int, num_chains: int, seed: int) -> int:
+    if out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is a directory; give the JSONL file to write")
+    check_writable(out.parent if str(out.parent) else Path("."), "out")
     lines = [json.dumps(q.record()) for q in questions(per_depth, max_depth, num_chains, seed)]
     atomic_write(out, "\n".join(lines) + "\n")
     return len(lines)
 
 
-def read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    """Records of a JSONL file; ``ValueError`` naming the file and line for anything else."""
+def fingerprint(question_id: str) -> str:
+    """The export fingerprint at the start of a question id (``<fingerprint>_d<depth>_<i>``)."""
+    return question_id.split("_", 1)[0]
+
+
+def read_jsonl(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a JSONL file; ``ValueError`` naming the file and line for anything else."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise ValueError(f"{what}: {str(path)!r} is a directory, not a JSONL file") from None
     except OSError as e:
         raise ValueError(f"{what}: cannot read {str(path)!r} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what}: {path} is not UTF-8 text (byte {e.start})") from None
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -96,10 +113,57 @@ def read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             raise ValueError(f"{what}: {path}:{number} is not JSON") from None
-        if not isinstance(record, dict) or "id" not in record:
-            raise ValueError(f"{what}: {path}:{number} has no 'id'")
-        records.append(record)
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise ValueError(f"{what}: {path}:{number} has no 'id' (a string)")
+        records.append((number, record))
     return records
+
+
+def read_prompts(path: Path) -> list[dict[str, Any]]:
+    """The questions ``export`` wrote, each checked: a unique id, an int ``depth`` >= 0, a digit ``answer``."""
+    seen: dict[str, int] = {}
+    prompts = []
+    for number, record in read_jsonl(path, "prompts"):
+        where = f"prompts: {path}:{number}"
+        depth, answer = record.get("depth"), record.get("answer")
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+            raise ValueError(f"{where} has no 'depth' (an int >= 0)")
+        if not isinstance(answer, str) or not re.fullmatch(r"\d", answer):
+            raise ValueError(f"{where} has no 'answer' (one digit)")
+        if record["id"] in seen:
+            raise ValueError(f"{where}: id {record['id'][:60]!r} is on line {seen[record['id']]} too")
+        seen[record["id"]] = number
+        prompts.append(record)
+    if not prompts:
+        raise ValueError(f"prompts: {path} holds no questions")
+    return prompts
+
+
+def read_answers(path: Path, prompts: Sequence[dict[str, Any]], prompts_path: Path | str) -> list[dict[str, Any]]:
+    """A model's answers, each checked against the prompts: a known id, given once, an answer that is a string, an
+    int or null (no answer)."""
+    ids = {str(p["id"]) for p in prompts}
+    ours = {fingerprint(i) for i in ids}
+    seen: dict[str, int] = {}
+    answers = []
+    for number, record in read_jsonl(path, "answers"):
+        where = f"answers: {path}:{number}"
+        qid, reply = record["id"], record.get("answer")
+        if qid not in ids:
+            other = fingerprint(qid)
+            if other not in ours and "_" in qid:
+                raise ValueError(
+                    f"{where}: id {qid[:60]!r} is from another export (fingerprint {other[:20]!r}; {prompts_path} has "
+                    f"{', '.join(sorted(ours))})"
+                )
+            raise ValueError(f"{where}: id {qid[:60]!r} is not among the prompts of {prompts_path}")
+        if qid in seen:
+            raise ValueError(f"{where}: id {qid!r} is answered on line {seen[qid]} too")
+        seen[qid] = number
+        if reply is not None and (isinstance(reply, bool) or not isinstance(reply, (str, int))):
+            raise ValueError(f"{where}: 'answer' is a {type(reply).__name__}; expected a string (or null: no answer)")
+        answers.append(record)
+    return answers
 
 
 @dataclass
@@ -109,11 +173,21 @@ class Score:
     missing: int
     reach_90: int
     reach_99: int
+    min_questions: int = 0
 
     def format(self) -> str:
         lines = ["depth  accuracy  questions"]
         lines += [f"{d:5d}  {self.accuracy[d]:8.3f}  {self.counts[d]:9d}" for d in sorted(self.accuracy)]
-        lines.append(f"depth reach at 90%: {self.reach_90}; at 99%: {self.reach_99}")
+        few = [d for d in sorted(self.counts) if self.counts[d] < self.min_questions]
+        if len(few) == len(self.counts):
+            lines.append(
+                f"depth reach: not measured: every depth has fewer than --min_questions={self.min_questions} questions "
+                f"(at most {max(self.counts.values())}); export more with --per_depth, or lower --min_questions"
+            )
+        else:
+            lines.append(f"depth reach at 90%: {self.reach_90}; at 99%: {self.reach_99}")
+            if few:
+                lines.append(f"depths left out of the reach (fewer than {self.min_questions} questions): {few}")
         if self.missing:
             lines.append(f"{self.missing} questions had no answer (counted wrong)")
         return "\n".join(lines)
@@ -121,7 +195,12 @@ class Score:
 
 def score(prompts: Sequence[dict[str, Any]], answers: Sequence[dict[str, Any]], min_questions: int) -> Score:
     """Accuracy per depth of ``answers`` (first digit of each ``answer``) on the exported ``prompts``."""
-    given = {str(a["id"]): str(a.get("answer", "")) for a in answers}
+    given: dict[str, str | None] = {}
+    for a in answers:
+        if str(a["id"]) in given:
+            raise ValueError(f"answers: id {str(a['id'])[:60]!r} is answered twice")
+        reply = a.get("answer")
+        given[str(a["id"])] = None if reply is None else str(reply) if isinstance(reply, (str, int)) else ""
     unknown = sorted(set(given) - {str(p["id"]) for p in prompts})
     if unknown:
         raise ValueError(f"answers: ids not among the prompts: {', '.join(unknown[:5])}")
@@ -142,6 +221,7 @@ def score(prompts: Sequence[dict[str, Any]], answers: Sequence[dict[str, Any]], 
         missing,
         depth_reach(accuracy, counts, 0.9, min_questions),
         depth_reach(accuracy, counts, 0.99, min_questions),
+        min_questions,
     )
 
 
@@ -166,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             n = export(Path(args.out), args.per_depth, args.max_depth, args.num_chains, args.seed)
             print(f"wrote {n} questions to {args.out}")
         else:
-            result = score(
-                read_jsonl(Path(args.prompts), "prompts"), read_jsonl(Path(args.answers), "answers"), args.min_questions
-            )
+            if args.min_questions < 1:
+                raise ValueError(f"--min_questions must be >= 1, got {args.min_questions}")
+            prompts = read_prompts(Path(args.prompts))
+            result = score(prompts, read_answers(Path(args.answers), prompts, args.prompts), args.min_questions)
             print(result.format())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
