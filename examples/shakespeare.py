@@ -61,6 +61,8 @@ class ShakespeareConfig(TrainerConfig, ModelConfig, OptimConfig):
             raise ValueError(f"sample_temperature must be a finite number >= 0, got {self.sample_temperature}")
         if not 0 <= self.sample_tokens <= 100_000:
             raise ValueError(f"sample_tokens must be in 0..100000, got {self.sample_tokens}")
+        if self.sample_tokens and not self.sample_prompt:
+            raise ValueError("sample_prompt must not be empty (samples continue it); --sample_tokens=0 turns them off")
 
     def data_fields(self) -> list[str]:
         return [*super().data_fields(), "data_path"]
@@ -162,7 +164,10 @@ def ensure_text(path: str) -> str:
                 f"could not download Tiny Shakespeare ({e}). Without internet, put the text at {DEFAULT_PATH} "
                 f"or pass --data_path=/path/to/input.txt"
             ) from None
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data_path: {path} is not UTF-8 text (byte {e.start}); give a plain-text file") from None
     if len(text) < 1000:
         raise ValueError(f"{path} holds only {len(text)} characters: too little to train on")
     return text

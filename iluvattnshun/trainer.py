@@ -76,6 +76,9 @@ CHECKPOINT_FORMAT = 1
 """Version of the checkpoint dict layout written by ``Trainer``."""
 
 _SYNC_EVERY = 8
+
+MAX_RUN_NAME_BYTES = 150
+"""Longest run name: its directory, YAML, script and TensorBoard event file names must fit the file system's limit."""
 """In a distributed run, ranks agree on time-based events (stop, save) every this many steps."""
 
 
@@ -154,7 +157,7 @@ class TrainerConfig(Config):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
-        if self.grad_norm_max is not None and self.grad_norm_max < 0:
+        if self.grad_norm_max is not None and not self.grad_norm_max >= 0:  # NaN too
             raise ValueError(f"grad_norm_max must be >= 0 (0 disables clipping), got {self.grad_norm_max}")
         if self.eval_every_n_samples is not None and self.eval_every_n_samples < 0:
             raise ValueError(f"eval_every_n_samples must be >= 0, got {self.eval_every_n_samples}")
@@ -162,8 +165,12 @@ class TrainerConfig(Config):
             raise ValueError("log_every_n_seconds and save_every_n_seconds must be >= 0")
         if self.keep_last_n is not None and self.keep_last_n < 1:
             raise ValueError(f"keep_last_n must be >= 1 (none keeps every checkpoint), got {self.keep_last_n}")
-        if self.log_fp < 0:
-            raise ValueError(f"log_fp must be >= 0, got {self.log_fp}")
+        if not 0 <= self.log_fp <= 20:
+            raise ValueError(f"log_fp must be in 0..20 (decimal places), got {self.log_fp}")
+        name = os.path.basename(os.path.normpath(self.run_name)) if self.resume else self.run_name
+        if len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:
+            # run_<N>_<name>.yaml and the TensorBoard event files must fit a file name (255 bytes on most systems).
+            raise ValueError(f"run_name must be at most {MAX_RUN_NAME_BYTES} bytes, got {len(name.encode('utf-8'))}")
         if not self.resume and any(sep in self.run_name for sep in ("/", os.sep)):
             raise ValueError(f"run_name must not contain a path separator, got {self.run_name!r}")
         if self.resume and self.load_model_path:
@@ -525,6 +532,12 @@ class Trainer(ABC, Generic[C]):
         """Rank 0, before any work: output directories writable, the checkpoint to resume (the newest loadable
         one of the newest matching run that has one) or ``load_model_path`` readable. Returns what to resume."""
         cfg = self.config
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {cfg.device!r} was asked for, but no CUDA GPU is available (--device=cpu)")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device: {cfg.device!r}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+        if self.device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device: {cfg.device!r} was asked for, but MPS is not available here (--device=cpu)")
         for field, directory in self.output_dirs().items():
             check_writable(directory, field)
         if cfg.load_model_path:

@@ -84,6 +84,16 @@ CASES = [
     Case("var_eval with too many chains", lambda d: [*tiny(d), "--num_chains=26"], "num_chains", task="var_eval"),
     Case("NaN sample temperature", lambda d: [*shakespeare(d), "--sample_temperature=nan"], "sample_temperature", task="shakespeare"),
     Case("context longer than the text", lambda d: [*shakespeare(d), "--context_len=10000000"], "context_len", task="shakespeare"),
+    Case("YAML alias bomb", lambda d: [*tiny(d), f"--config={d / 'c.yaml'}"], "aliases", prepare=write("c.yaml", "lr: [&a [1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d], &f [*e, *e, *e, *e, *e, *e, *e, *e]]\n")),
+    Case("binary config", lambda d: [*tiny(d), f"--config={d / 'c.yaml'}"], "c.yaml is not a UTF-8", prepare=lambda d: (d / "c.yaml").write_bytes(b"lr: 1\n\xff\xfe\x00")),
+    Case("one field under two names", lambda d: [*tiny(d), "--lr=0.5", "--learning_rate=0.001"], "--lr and --learning_rate both set --lr"),
+    Case("one field twice", lambda d: [*tiny(d), "--num_layers=2", "--num_layers=3"], "--num_layers is given twice"),
+    Case("NaN gradient clip", lambda d: [*tiny(d), "--grad_norm_max=nan"], "grad_norm_max"),
+    Case("absurd log precision", lambda d: [*tiny(d), "--log_fp=1000000000000"], "log_fp"),
+    Case("run name too long for a file name", lambda d: [*tiny(d), "--run_name=" + "x" * 230], "run_name"),
+    Case("a GPU that is not there", lambda d: [*tiny(d)[:-1], "--device=cuda:63"], "device"),
+    Case("empty sample prompt", lambda d: [*shakespeare(d), "--sample_prompt="], "sample_prompt", task="shakespeare"),
+    Case("binary text file", lambda d: [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={d / 'bin.txt'}"], "bin.txt is not UTF-8", task="shakespeare", prepare=lambda d: (d / "bin.txt").write_bytes(bytes(range(256)) * 20)),
 ]  # fmt: skip
 
 
