@@ -104,3 +104,22 @@ def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Pat
     assert grid == {(str(n), str(h)) for n in (2, 3, 4, 5) for h in (1, 2)}
     assert {line.split()[0] for line in lines} == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}
     assert not (tmp_path / "p").exists()
+
+
+def test_bad_settings_and_folders_stop_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for name, content in (("null", "null"), ("list", "[1, 2]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "experiment.json").write_text(content)
+    (tmp_path / "dir" / "experiment.json").mkdir(parents=True)
+    cases = [
+        (["--dry_run", "--budget=inf", f"--out={tmp_path / 'a'}"], "budget"),
+        (["--results_only", f"--out={tmp_path / 'file'}"], "is a file"),
+        (["--results_only", f"--out={tmp_path / 'null'}"], "holds no experiment record"),
+        (["--results_only", f"--out={tmp_path / 'list'}"], "holds no experiment record"),
+        (["--results_only", f"--out={tmp_path / 'dir'}"], "is unreadable"),
+    ]
+    for args, expected in cases:
+        proc = depth_law(args, tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (args, proc.stderr[-2000:])

@@ -93,8 +93,8 @@ class DepthLawConfig(Config):
             raise ValueError(f"eval_prompts must be >= 1, got {self.eval_prompts}")
         if self.eval_renames < 0:
             raise ValueError(f"eval_renames must be >= 0, got {self.eval_renames}")
-        if not self.budget > 0:
-            raise ValueError(f"budget must be > 0, got {self.budget}")
+        if not 0 < self.budget < float("inf"):
+            raise ValueError(f"budget must be a finite number > 0, got {self.budget}")
         try:
             shlex.split(self.extra)
         except ValueError as e:
@@ -141,14 +141,18 @@ def experiment_record(config: DepthLawConfig, g: Grid) -> dict[str, Any]:
 def check_experiment_folder(out: Path, record: dict[str, Any]) -> bool:
     """True when ``out`` already holds this experiment (a resume); raises ``ValueError`` for another one."""
     path = out / "experiment.json"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {str(out)!r} is a file, not an experiment folder; choose another --out")
     if not path.exists():
         if out.exists() and any(out.iterdir()):
             raise ValueError(f"out: {str(out)!r} exists and is not an experiment folder; choose another --out")
         return False
     try:
-        recorded = json.loads(path.read_text())
-    except ValueError:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
         raise ValueError(f"out: {path} is unreadable; choose another --out") from None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"out: {path} holds no experiment record (a {type(recorded).__name__}); choose another --out")
     if recorded != record:
         differs = sorted(k for k in record if recorded.get(k) != record[k])
         raise ValueError(
