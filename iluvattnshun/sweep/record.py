@@ -1,4 +1,8 @@
-"""The record of a sweep in ``<logdir>/.sweeps/<prefix>/``: ``sweep.json``, pane scripts and exit statuses."""
+"""The record of a sweep in ``<logdir>/.sweeps/<prefix>/``: ``sweep.json``, pane scripts and exit statuses.
+
+A SLURM sweep's record has no pane scripts; its ``sweep.json`` has a ``slurm`` section (options, job ids) and each
+run records its current attempt (job id, requeue count) in ``run_<i>.slurm.json``.
+"""
 
 import json
 import os
@@ -135,20 +139,27 @@ def write_record(
     cmd: str,
     extra: Sequence[str],
     cwd: str,
-    session: str,
+    session: str | None,
     prefix: str,
     logdir: Path | None,
+    slurm: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Writes ``sweep.json`` and the pane scripts, removing the status files of an earlier sweep.
 
+    Args:
+        session: the tmux session; None for a SLURM sweep.
+        slurm: a SLURM sweep's ``slurm`` section (options, job ids); such a sweep has no pane scripts.
+
     Returns:
-        The pane scripts, one per pane.
+        The pane scripts, one per pane (none for a SLURM sweep).
     """
     rdir.mkdir(parents=True, exist_ok=True)
-    for old in [*rdir.glob("run_*.status"), *rdir.glob("run_*.status.tmp"), *rdir.glob("pane_*.sh")]:
+    olds = [*rdir.glob("run_*.status"), *rdir.glob("run_*.status.tmp"), *rdir.glob("pane_*.sh")]
+    for old in [*olds, *rdir.glob("run_*.slurm.json")]:
         old.unlink(missing_ok=True)
-    record = {
+    record: dict[str, Any] = {
         "version": 1,
+        "backend": "tmux" if slurm is None else "slurm",
         "session": session,
         "prefix": prefix,
         "launched_at": time.time(),
@@ -169,10 +180,14 @@ def write_record(
             for r in runs
         ],
     }
+    if slurm is not None:
+        record["slurm"] = slurm
     atomic_write(rdir / "sweep.json", json.dumps(record, indent=2) + "\n")
+    if slurm is not None:
+        return []
     scripts = []
     for pane_runs in panes(runs):
         path = rdir / f"pane_{pane_runs[0].pane}.sh"
-        atomic_write(path, pane_script(pane_runs, cmd, extra, cwd, rdir, session, len(runs)))
+        atomic_write(path, pane_script(pane_runs, cmd, extra, cwd, rdir, str(session), len(runs)))
         scripts.append(path)
     return scripts

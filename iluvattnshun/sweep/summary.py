@@ -1,4 +1,8 @@
-"""Summarising a sweep: each run's config, validation curves and state, as a table, CSV and plotly HTML."""
+"""Summarising a sweep: each run's config, validation curves and state, as a table, CSV and plotly HTML.
+
+A SLURM sweep's states come from the scheduler as well as from the runs' exit statuses: pending, running, requeued,
+timed out, cancelled, failed, with each run's requeue count (``slurm.describe``).
+"""
 
 import csv
 import html
@@ -16,10 +20,11 @@ import yaml
 from iluvattnshun import rundir
 from iluvattnshun.files import atomic_write
 from iluvattnshun.sweep.plan import SweepError
+from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.record import read_record, read_status, record_dir
 
-STOP_STATUSES = {128 + int(signal.SIGINT): "SIGINT", 128 + int(signal.SIGTERM): "SIGTERM"}
-"""Exit statuses of a run stopped by a signal (after saving its checkpoint)."""
+STOP_STATUSES = {128 + int(sig): sig.name for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+"""Exit statuses of a run stopped by a signal (after saving its checkpoint); USR1 / USR2 are a scheduler's warning."""
 
 
 @dataclass
@@ -32,13 +37,16 @@ class RunResult:
     """``<prefix>_<i>``."""
     state: str
     """``finished``, ``stopped at step N (SIGTERM)``, ``crashed (exit N)``, ``no events``, ``running``, ``pending``
-    or ``unknown`` (no record)."""
+    or ``unknown`` (no record); on SLURM also ``requeued``, ``timed out at step N``, ``cancelled at step N``,
+    ``failed (...)``, with `` (requeued Kx)`` after a requeue."""
     run_dir: Path | None = None
     """The run directory, None when the run has not created one."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's config (from its YAML; from the sweep's overrides when there is no YAML)."""
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     """Validation scalars: tag -> ``[(step, value)]`` sorted by step."""
+    job: slurm.JobState | None = None
+    """The run's SLURM job (id, state, requeues); None for a tmux sweep."""
 
     def final(self, tag: str) -> float | None:
         """The last logged value of ``tag``."""
@@ -131,6 +139,7 @@ def load_sweep(
     record = read_record(rdir)
     launched_at = float(record["launched_at"]) if record is not None else None
     recorded = {int(r["index"]): r for r in record["runs"]} if record is not None else {}
+    jobs = slurm.job_states(record, rdir) if record is not None else {}
 
     pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)$")
     newest: dict[int, rundir.RunDir] = {}
@@ -157,21 +166,35 @@ def load_sweep(
             config = {k: True if v is None else yaml.safe_load(v) for k, v in recorded[index]["overrides"]}
         scalars = read_scalars(run_dir, mode) if run_dir is not None else {}
         status = read_status(rdir, index) if index in recorded else None
-        if index not in recorded:
+        saved = found.checkpoints() if found is not None else []
+        saved_step = rundir.checkpoint_step(saved[-1]) if saved else None
+        scheduler_state = slurm.describe(jobs.get(index), status, saved_step) if index in recorded else None
+        if scheduler_state is not None:
+            state = scheduler_state
+        elif index not in recorded:
             state = "unknown" if scalars else "no events"
         elif status in STOP_STATUSES:
-            saved = found.checkpoints() if found is not None else []
-            step = rundir.checkpoint_step(saved[-1]) if saved else None
-            state = f"stopped at step {step if step is not None else '?'} ({STOP_STATUSES[status]})"
+            state = f"stopped at step {saved_step if saved_step is not None else '?'} ({STOP_STATUSES[status]})"
         elif status is not None and status != 0:
             state = f"crashed (exit {status})"
         elif status == 0:
             state = "finished" if scalars else "no events"
         else:
             state = "running" if run_dir is not None else "pending"
+        job = jobs.get(index)
+        if scheduler_state is None and job is not None and job.requeues:
+            state += f" (requeued {job.requeues}x)"
         name = recorded[index]["run_name"] if index in recorded else f"{prefix}_{index}"
         results.append(
-            RunResult(index=index, run_name=name, state=state, run_dir=run_dir, config=config, scalars=scalars)
+            RunResult(
+                index=index,
+                run_name=name,
+                state=state,
+                run_dir=run_dir,
+                config=config,
+                scalars=scalars,
+                job=job,
+            )
         )
     return results, older
 
@@ -430,7 +453,8 @@ def summarize(
         atomic_write(Path(html_path), html_page(title, headers, rows, figures(ordered, params, tag, by)))
     states: dict[str, int] = {}
     for r in results:
-        states[r.state.split(" ")[0]] = states.get(r.state.split(" ")[0], 0) + 1
+        kind = re.split(r" at step| \(|,", r.state)[0]  # "timed out at step 40 (requeued 1x)" -> "timed out"
+        states[kind] = states.get(kind, 0) + 1
     lines = [
         f"sweep {prefix!r} in {logdir}: {len(results)} runs ("
         + ", ".join(f"{n} {s}" for s, n in states.items())
