@@ -6,6 +6,7 @@
 #   export SLURM_CONF=/tmp/iluvattnshun-slurm/slurm.conf   # what `start` prints last; every client needs it
 #   bash .ci/slurm.sh stop       # stops every daemon that `start` started (by PID file, in reverse order)
 #   bash .ci/slurm.sh status     # sinfo / squeue
+#   bash .ci/slurm.sh running    # exit status 0 when this script's cluster is up
 #
 # Everything lives in $SLURM_STATE_DIR (default /tmp/iluvattnshun-slurm): configs, keys, spool, logs, PID files,
 # the database. Nothing under /etc is changed and no system service is started. Runs as root (SlurmUser=root).
@@ -186,6 +187,7 @@ case "${1:-}" in
     stop) stop ;;
     restart) stop; start ;;
     env) echo "export SLURM_CONF=$STATE/slurm.conf" ;;
+    running) pid_alive "$STATE/run/slurmctld.pid" ;;
     status) export SLURM_CONF=$STATE/slurm.conf; sinfo; squeue ;;
-    *) echo "usage: bash .ci/slurm.sh install|start|stop|restart|status|env" >&2; exit 2 ;;
+    *) echo "usage: bash .ci/slurm.sh install|start|stop|restart|status|env|running" >&2; exit 2 ;;
 esac

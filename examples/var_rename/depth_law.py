@@ -35,7 +35,9 @@ from examples.var_rename.task import VarRenamePrompter
 from iluvattnshun import load_run, rundir
 from iluvattnshun.config import Config, parse_config
 from iluvattnshun.files import atomic_write, check_writable
-from iluvattnshun.sweep import Override, SweepError, launch, plan_runs, read_status, record_dir, wait_for_runs
+from iluvattnshun.sweep import Override, SweepError, launch, plan_runs, read_record, read_status, record_dir
+from iluvattnshun.sweep import wait_for_runs
+from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.plan import default_gpus
 from iluvattnshun.sweep.tmux import session_exists, tmux_path
 from iluvattnshun.task import depth_reach
@@ -86,6 +88,10 @@ class DepthLawConfig(Config):
     """Print the grid's commands and create nothing."""
     results_only: bool = False
     """Write the results from the checkpoints that exist now; launch and wait for nothing."""
+    backend: Literal["tmux", "slurm"] = "tmux"
+    """tmux: the grid in panes on this machine; slurm: one SLURM job array (from a login node; runs/ shared)."""
+    slurm: str = ""
+    """The job array's SLURM options (--backend=slurm), e.g. '--partition=gpu --time=2-00:00:00 --gpus-per-run=1'."""
 
     def validate(self) -> None:
         super().validate()
@@ -186,7 +192,24 @@ def launch_grid(config: DepthLawConfig, g: Grid, logdir: Path, resuming: bool) -
         for run in runs:
             print(f"{run.shell_command(cmd, extra)}  # pane {run.pane}")
         return record_dir(logdir, PREFIX)
+    if config.backend == "slurm":
+        options = slurm.parse_options(config.slurm)
+        return slurm.launch(cmd, runs, prefix=PREFIX, options=options, extra=extra, replace=False)
     return launch(cmd, runs, session=config.session, prefix=PREFIX, extra=extra, replace=False)
+
+
+def grid_running(config: DepthLawConfig, logdir: Path) -> bool:
+    """Whether the grid is still going: its tmux session exists, or its SLURM jobs are queued or running."""
+    if config.backend == "tmux":
+        return session_exists(config.session)
+    record = read_record(record_dir(logdir, PREFIX))
+    states = slurm.job_states(record) if record is not None else {}
+    return any(s.state in slurm.ACTIVE_STATES for s in states.values())
+
+
+def wait_for_grid(config: DepthLawConfig, rdir: Path, **kwargs: Any) -> dict[int, int]:
+    """``wait_for_runs`` of the backend (SLURM's also reads the jobs' states: cancelled, requeued)."""
+    return slurm.wait_for_runs(rdir, **kwargs) if config.backend == "slurm" else wait_for_runs(rdir, **kwargs)
 
 
 @torch.no_grad()
@@ -288,22 +311,29 @@ def run_experiment(config: DepthLawConfig) -> None:
     resuming = check_experiment_folder(out, record)
     logdir = (out / "runs").resolve()
     if not config.results_only:
-        tmux_path()  # a clear message when tmux is missing, before anything is written
+        if config.backend == "tmux":
+            tmux_path()  # a clear message when tmux is missing, before anything is written
+        else:
+            slurm.parse_options(config.slurm)  # bad SLURM options stop here, before anything is written
         if config.dry_run:
             launch_grid(config, g, logdir, resuming)
             return
         check_writable(out, "out")
-        if session_exists(config.session):
-            print(f"the grid is running in tmux session {config.session!r}: waiting for it")
+        if grid_running(config, logdir):
+            print(f"the grid is running ({config.backend}): waiting for it")
         else:
             launch_grid(config, g, logdir, resuming)  # checks every run's flags before it writes anything
-            print(
-                f"launched {len(g.runs)} runs in tmux session {config.session!r}; attach: tmux attach -t {config.session}"
-            )
+            if config.backend == "slurm":
+                print(f"submitted {len(g.runs)} runs to SLURM; status: python -m iluvattnshun.sweep status {logdir}")
+            else:
+                print(
+                    f"launched {len(g.runs)} runs in tmux session {config.session!r}; attach: tmux attach -t"
+                    f" {config.session}"
+                )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "experiment.json", json.dumps(record, indent=2) + "\n")
         start = time.monotonic()
-        statuses = wait_for_runs(record_dir(logdir, PREFIX))
+        statuses = wait_for_grid(config, record_dir(logdir, PREFIX))
         print(f"the grid ended after {(time.monotonic() - start) / 60:.1f} minutes of waiting; statuses {statuses}")
     found = run_dirs(logdir)
     results = [evaluate(found[i], config) for i in sorted(found) if found[i].checkpoints()]
