@@ -33,10 +33,16 @@ def _no_cluster_reason() -> str | None:
         import submitit  # noqa: F401
     except ImportError:
         return "submitit is not installed (pip install -e '.[slurm]')"
+    if not os.environ.get("SLURM_CONF") and not Path("/etc/slurm/slurm.conf").exists():
+        # Without a config, SLURM's clients look for one in DNS, which can take long to fail.
+        return (
+            "no SLURM cluster: SLURM_CONF is not set and there is no /etc/slurm/slurm.conf (`bash .ci/slurm.sh start`"
+            " starts a one-node cluster and prints the SLURM_CONF to export)"
+        )
     try:
-        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
-        return "no SLURM cluster: sinfo did not answer within 30 s"
+        return "no SLURM cluster: sinfo did not answer within 15 s"
     if proc.returncode != 0 or not proc.stdout.strip():
         why = (proc.stderr.strip().splitlines() or ["no nodes"])[-1]
         return (
