@@ -199,7 +199,7 @@ def summarise(results: list[dict[str, Any]], variants: list[str], max_steps: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--max_steps", type=int, default=2500)
+    parser.add_argument("--max_steps", type=int, default=1500)
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--eval_prompts", type=int, default=300)
     parser.add_argument("--variants", default=",".join(VARIANTS[:6]), help=f"any of {', '.join(VARIANTS)}")
@@ -214,7 +214,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    done = [r for r in done if r.get("max_steps") == args.max_steps and r.get("eval_every") == args.eval_every]
+    # A run with a larger budget counts for this one, its marks past max_steps read as not reached.
+    done = [
+        {**r, **{k: r[k] if r[k] is not None and r[k] <= args.max_steps else None for k in ("escape", "reach4")}}
+        for r in done
+        if r.get("max_steps", 0) >= args.max_steps and r.get("eval_every") == args.eval_every
+    ]
     have = {(r["variant"], r["seed"]) for r in done}
     todo = [(v, s) for s in range(args.seeds) for v in variants if (v, s) not in have]
     with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn"), initializer=worker_init) as pool:
@@ -222,6 +227,7 @@ def main() -> None:
         for future in futures:
             result = {**future.result(), "max_steps": args.max_steps, "eval_every": args.eval_every}
             done.append(result)
+
             with out.open("a") as f:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)

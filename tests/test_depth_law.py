@@ -32,27 +32,60 @@ def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path
         f"--extra=--dim_model=16 --num_heads=2 --train_size=256 --test_size=64 --num_renames=12 "
         f"--eval_every_n_samples=none --dataset_path={tmp_path / 'data'}"
     )
-    args = [f"--out={tmp_path / 'law'}", f"--session={session}", "--budget=0.003", "--eval_prompts=60", tiny]
+    args = [
+        f"--out={tmp_path / 'law'}",
+        f"--session={session}",
+        "--budget=0.003",
+        "--seeds=2",
+        "--eval_prompts=60",
+        tiny,
+    ]
     try:
         proc = depth_law(args, tmp_path)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "8/8 runs ended" in proc.stdout  # the progress lines, printed (not redrawn) when not a terminal
     out = tmp_path / "law"
     for name in ("accuracy_per_depth.html", "depth_reach.html", "accuracy_per_depth.csv", "results.md"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "accuracy_per_depth.csv").open()))
-    assert {r["num_layers"] for r in rows} == {"1", "2", "3", "4"}
+    assert {(r["num_layers"], r["seed"], r["layout"]) for r in rows} == {
+        (str(n), str(s), layout) for n in (1, 2, 3, 4) for s in (0, 1) for layout in ("bind_first", "original")
+    }
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and int(r["positions"]) > 0 for r in rows)
     table = (out / "results.md").read_text()
-    assert "| 4L2H | 45 |" in table  # 15,000 steps x budget 0.003 for the 4-layer model
-    assert "2^n" in (out / "depth_reach.html").read_text() and "plotly" in (out / "depth_reach.html").read_text()
+    assert "| 4L2H | 2 | 0.50 |" in table  # 2 seeds, 2 chains: chance 0.5
+    assert "| 15 |" in table  # 5,000 steps x budget 0.003 for the 3- and 4-layer models
+    assert "original study" in table and "Sanford" in table
+    figure = (out / "depth_reach.html").read_text()
+    assert all(name in figure for name in ("2^n", "each seed", "median, original layout", "Sanford", "plotly"))
 
     # Results again from the existing checkpoints; another experiment in the same folder is refused.
     again = depth_law([*args, "--results_only"], tmp_path)
-    assert again.returncode == 0 and "depth reach 90%" in again.stdout
+    assert again.returncode == 0 and "reach 90%, original" in again.stdout
     other = depth_law([*args[:-1], "--eval_prompts=61", tiny], tmp_path)
     assert other.returncode == 2 and "holds another experiment (it differs in eval)" in other.stderr
+
+
+@pytest.mark.slow
+def test_paper_grid_runs_end_to_end_on_the_cpu_at_toy_size(tmp_path: Path) -> None:
+    # The paper scale's whole path (its preset, 2-5 layers x 1-2 heads, evaluation, results) with a tiny override.
+    session = f"law_paper_{os.getpid()}"
+    toy = (
+        "--extra=--dim_model=16 --num_renames=12 --train_size=256 --test_size=64 --max_steps=10 --num_epochs=-1 "
+        f"--warmup_steps=2 --eval_every_n_samples=none --dataset_path={tmp_path / 'data'}"
+    )
+    args = ["--scale=paper", "--gpus=cpu", "--seeds=1", f"--out={tmp_path / 'p'}", f"--session={session}", toy]
+    try:
+        proc = depth_law([*args, "--eval_prompts=40"], tmp_path)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "p" / "accuracy_per_depth.csv").open()))
+    assert {(r["num_layers"], r["num_heads"]) for r in rows} == {(str(n), str(h)) for n in (2, 3, 4, 5) for h in (1, 2)}
+    table = (tmp_path / "p" / "results.md").read_text()
+    assert "| 4L2H | 1 | 0.25 |" in table and "original study, reach 90%" in table  # 4 chains: chance 0.25
 
 
 def test_missing_tmux_is_a_clear_error_before_any_work(tmp_path: Path) -> None:

@@ -4,13 +4,16 @@
     python -m examples.var_rename.depth_law --scale=paper     # the original grid, 2-5 layers x 1-2 heads, on GPUs
     python -m examples.var_rename.depth_law --out=results/law2 --dry_run
 
-The grid trains through the tmux sweep launcher (``iluvattnshun.sweep``), one pane per parallel slot, then this
-command waits for it, evaluates every model's last checkpoint on one deep test set, and writes to ``--out``:
+Every model trains with ``--seeds`` seeds through the tmux sweep launcher (``iluvattnshun.sweep``), one pane per
+parallel slot; while the grid runs this command shows each run's step, reach and ETA, refreshed in place. Then it
+evaluates every run's last checkpoint on two deep test sets, one per chain layout (this project's bind-first layout
+and the original study's, where chains start anywhere), and writes to ``--out``:
 
-    accuracy_per_depth.html   every model's accuracy per depth on one plotly figure (standalone)
-    depth_reach.html          depth reach at 90% and 99% per model, against the 2^n line
-    accuracy_per_depth.csv    model, layers, heads, depth, accuracy, positions (scored answers at that depth)
-    results.md                a short table (steps, minutes, depth reach, accuracy) per model
+    depth_reach.html          reach at 90% per seed (a point each), the median per model, the 2^n line and the
+                              published anchors (Sanford et al. 2024, the original study), on the original layout
+    accuracy_per_depth.html   accuracy per depth of every model (median over seeds), both layouts
+    accuracy_per_depth.csv    model, layers, heads, seed, layout, depth, accuracy, positions
+    results.md                the reach per model and seed on both layouts, with chance level, and the anchors
     experiment.json           what was run; runs/ holds the run directories and the sweep record
 
 Run again with the same ``--out`` and settings, the command resumes: it waits for a grid still running in tmux,
@@ -39,6 +42,7 @@ from iluvattnshun.sweep import Override, SweepError, launch, plan_runs, read_rec
 from iluvattnshun.sweep import wait_for_runs
 from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.plan import default_gpus
+from iluvattnshun.sweep.progress import SweepProgress
 from iluvattnshun.sweep.tmux import session_exists, tmux_path
 from iluvattnshun.task import depth_reach
 from iluvattnshun.viz import accuracy_per_depth_fig, save_html
@@ -46,8 +50,30 @@ from iluvattnshun.viz import accuracy_per_depth_fig, save_html
 PREFIX = "law"
 """Run-name prefix of the grid: runs are ``law_<i>``."""
 
-CPU_STEPS = {1: 6000, 2: 9000, 3: 13000, 4: 15000}
+CPU_STEPS = {1: 3000, 2: 4000, 3: 5000, 4: 5000}
 """Step budget per layer count on the CPU (the grid's wall time on 2 cores: examples/README.md)."""
+
+LAYOUTS = {"bind_first": True, "original": False}
+"""The two chain layouts every model is scored on (``bind_first`` values); the original study's is the headline."""
+
+ANCHORS = [
+    {
+        "label": "Sanford et al. 2024, d_model 128, 4 heads (k-hop induction heads, >= 95%)",
+        "points": {2: 1, 3: 3, 4: 5, 5: 8, 6: 15},
+        "note": "another task (k-hop induction heads, hop count drawn per sequence), scored at <= 5% error",
+    },
+    {
+        "label": "Sanford et al. 2024, d_model 256, 8 heads (>= 95%)",
+        "points": {2: 2, 3: 4, 4: 9, 5: 16},
+        "note": "the same task and threshold; 5 layers reached >= 16, the largest hop count they drew",
+    },
+    {
+        "label": "original study, 4 chains x 150 renames, 2 heads (>= 95%)",
+        "points": {2: 2, 3: 3, 4: 13, 5: 32},
+        "note": "var_rename, the original layout (bind_first=false), 4 chains: chance 0.25; 8 GPU-days per model",
+    },
+]
+"""Published reach per layer count for the same question, drawn on the reach figure."""
 
 PAPER_LAW = {
     (2, 2): "2-3",
@@ -74,6 +100,11 @@ class DepthLawConfig(Config):
     """tmux session of the grid."""
     budget: float = 1.0
     """Multiplies every model's step budget at the cpu scale (below 1 for a quick look, above 1 to go further)."""
+    seeds: int = 3
+    """Seeds per model (training seed and data seed): every one is a point on the reach figure."""
+    gpus: str = "auto"
+    """auto: the visible GPUs (the paper scale needs one); cpu: CPU panes at either scale (a paper grid on a CPU is
+    only for a toy override through --extra); or GPU ids, e.g. '0,1'."""
     extra: str = ""
     """Arguments added to every run's command line, e.g. '--dataset_path=/data/var_rename'."""
     eval_prompts: int = 1000
@@ -107,6 +138,10 @@ class DepthLawConfig(Config):
             raise ValueError(f"extra: {e}") from None
         if self.min_positions < 1:
             raise ValueError(f"min_positions must be >= 1, got {self.min_positions}")
+        if not 1 <= self.seeds <= 100:
+            raise ValueError(f"seeds must be in 1..100, got {self.seeds}")
+        if self.gpus not in ("auto", "cpu") and not all(g.isdigit() for g in self.gpus.split(",")):
+            raise ValueError(f"gpus must be auto, cpu or GPU ids such as 0,1, got {self.gpus[:40]!r}")
 
 
 @dataclass(frozen=True)
@@ -119,18 +154,39 @@ class Grid:
     costs: tuple[float, ...] | None
 
 
+def seed_flags(seed: int) -> tuple[Override, ...]:
+    """A run's training seed and data seed (its stream of prompts); data seeds stay clear of the test set's."""
+    return (("seed", str(seed)), ("data_seed", str(42 + seed)))
+
+
 def grid(config: DepthLawConfig) -> Grid:
-    """The grid of the config's scale. Raises ``ValueError`` when the machine cannot run it (paper without GPUs)."""
+    """The grid of the config's scale, seeds innermost-first. Raises ``ValueError`` when the machine cannot run it."""
     extra = tuple(shlex.split(config.extra))
+    if config.gpus == "cpu":
+        gpus: tuple[str, ...] = ()
+    elif config.gpus == "auto":
+        gpus = tuple(default_gpus()) if config.scale == "paper" else ()
+    else:
+        gpus = tuple(config.gpus.split(","))
+    seeds = range(config.seeds)
     if config.scale == "cpu":
         steps = {n: max(1, round(s * config.budget)) for n, s in CPU_STEPS.items()}
-        runs = tuple((("num_layers", str(n)), ("max_steps", str(s))) for n, s in steps.items())
-        # One run per core; the 4-layer run costs most per step: balance the panes by steps x layers.
-        return Grid(("--preset=depth", *extra), runs, (), tuple(float(n * s) for n, s in steps.items()))
-    gpus = tuple(default_gpus())
-    if not gpus:
+        runs = tuple(
+            (("num_layers", str(n)), ("max_steps", str(s)), *seed_flags(seed))
+            for seed in seeds
+            for n, s in steps.items()
+        )
+        # One run per core; a run's cost is about its steps x layers: balance the panes by it.
+        costs = tuple(float(n * s) for seed in seeds for n, s in steps.items())
+        return Grid(("--preset=depth", *extra), runs, gpus, None if gpus else costs)
+    if not gpus and config.gpus == "auto":
         raise ValueError("scale: --scale=paper trains 8 models for days on GPUs, and no GPU is visible here")
-    runs = tuple((("num_layers", str(n)), ("num_heads", str(h))) for n in (2, 3, 4, 5) for h in (1, 2))
+    runs = tuple(
+        (("num_layers", str(n)), ("num_heads", str(h)), *seed_flags(seed))
+        for seed in seeds
+        for n in (2, 3, 4, 5)
+        for h in (1, 2)
+    )
     return Grid(("--preset=paper", *extra), runs, gpus, None)
 
 
@@ -138,6 +194,7 @@ def experiment_record(config: DepthLawConfig, g: Grid) -> dict[str, Any]:
     """What identifies the experiment: a rerun with another record is refused."""
     return {
         "scale": config.scale,
+        "seeds": config.seeds,
         "extra": list(g.extra),
         "runs": [[list(o) for o in run] for run in g.runs],
         "eval": {"prompts": config.eval_prompts, "renames": config.eval_renames, "seed": config.eval_seed},
@@ -213,12 +270,9 @@ def wait_for_grid(config: DepthLawConfig, rdir: Path, **kwargs: Any) -> dict[int
 
 
 @torch.no_grad()
-def evaluate(run: rundir.RunDir, config: DepthLawConfig) -> dict[str, Any]:
-    """Accuracy per depth of a run's last checkpoint on the deep test set, its depth reach and its budget."""
-    loaded = load_run(run.path, device="cuda" if torch.cuda.is_available() else "cpu")
-    model, task = loaded.model, loaded.config
-    renames = config.eval_renames or task.num_renames
-    prompter = VarRenamePrompter(dataclasses.replace(task, num_renames=renames))
+def score(model: torch.nn.Module, prompter: VarRenamePrompter, config: DepthLawConfig) -> dict[str, Any]:
+    """Accuracy per depth of ``model`` on the test set ``prompter`` draws (seed ``eval_seed``), and its reach."""
+    renames = prompter.config.num_renames
     cols = prompter.get_prompts(np.random.default_rng(config.eval_seed), config.eval_prompts)
     device = next(model.parameters()).device
     hits = np.zeros(renames, dtype=np.int64)
@@ -232,13 +286,7 @@ def evaluate(run: rundir.RunDir, config: DepthLawConfig) -> dict[str, Any]:
         np.add.at(hits, depth[target & (preds == answer)], 1)
     accuracy = {d: hits[d] / counts[d] for d in range(renames) if counts[d]}
     positions = {d: int(counts[d]) for d in accuracy}
-    progress = loaded.checkpoint["progress"]
     return {
-        "run": run.base,
-        "layers": task.num_layers,
-        "heads": task.num_heads,
-        "steps": progress["step"],
-        "minutes": progress["train_time_s"] / 60,
         "accuracy": accuracy,
         "positions": positions,
         "overall": float(hits.sum() / counts.sum()),
@@ -247,60 +295,143 @@ def evaluate(run: rundir.RunDir, config: DepthLawConfig) -> dict[str, Any]:
     }
 
 
+def evaluate(run: rundir.RunDir, config: DepthLawConfig) -> dict[str, Any]:
+    """A run's last checkpoint scored on one deep test set per layout, with its budget and chance level."""
+    loaded = load_run(run.path, device="cuda" if torch.cuda.is_available() else "cpu")
+    model, task = loaded.model, loaded.config
+    renames = config.eval_renames or task.num_renames
+    layouts = {}
+    for layout, bind_first in LAYOUTS.items():
+        test = dataclasses.replace(task, num_renames=renames, min_renames=0, bind_first=bind_first, mix_layouts=False)
+        layouts[layout] = score(model, VarRenamePrompter(test), config)
+    progress = loaded.checkpoint["progress"]
+    return {
+        "run": run.base,
+        "layers": task.num_layers,
+        "heads": task.num_heads,
+        "seed": task.seed,
+        "steps": progress["step"],
+        "minutes": progress["train_time_s"] / 60,
+        "chance": 1 / task.num_chains,
+        "layouts": layouts,
+    }
+
+
 def label(result: dict[str, Any]) -> str:
     return f"{result['layers']}L{result['heads']}H"
 
 
+def by_model(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Results grouped by model (layers, heads), in grid order, seeds in order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(results, key=lambda r: (r["layers"], r["heads"], r["seed"])):
+        groups.setdefault(label(r), []).append(r)
+    return groups
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
 def write_results(out: Path, results: list[dict[str, Any]], config: DepthLawConfig) -> None:
     """The CSV, the markdown table and the two figures."""
-    rows = ["model,num_layers,num_heads,depth,accuracy,positions"]
+    rows = ["model,num_layers,num_heads,seed,layout,depth,accuracy,positions"]
     for r in results:
-        rows += [
-            f"{label(r)},{r['layers']},{r['heads']},{d},{a:.6f},{r['positions'][d]}" for d, a in r["accuracy"].items()
-        ]
+        for layout, scored in r["layouts"].items():
+            rows += [
+                f"{label(r)},{r['layers']},{r['heads']},{r['seed']},{layout},{d},{a:.6f},{scored['positions'][d]}"
+                for d, a in scored["accuracy"].items()
+            ]
     atomic_write(out / "accuracy_per_depth.csv", "\n".join(rows) + "\n")
 
+    groups = by_model(results)
     paper = config.scale == "paper"
     lines = [
-        f"# Depth law ({config.scale} scale)",
+        f"# Depth law ({config.scale} scale, {config.seeds} seed{'s' if config.seeds > 1 else ''} per model)",
         "",
-        f"Test set: {config.eval_prompts} prompts of {config.eval_renames or 'the training'} renames (seed "
-        f"{config.eval_seed}); depth reach counts depths with at least {config.min_positions} scored positions.",
+        f"Test sets: {config.eval_prompts} prompts of {config.eval_renames or 'the training'} renames (seed "
+        f"{config.eval_seed}) per layout: *original* is the original study's (every statement picks its chain at "
+        "random, chains start anywhere), *bind_first* this project's (the first statements start every chain). Reach "
+        f"at 90%: the deepest depth d with every depth <= d at >= 90% (depths with fewer than {config.min_positions} "
+        "scored positions skipped; -1: depth 0 fails). Chance is 1 / chains.",
         "",
-        "| model | steps | train minutes | depth reach 90% | depth reach 99% | accuracy |"
+        "| model | seeds | chance | reach 90%, original: median | each seed | reach 90%, bind_first: median | "
+        "each seed | reach 99%, original: median | steps | train minutes |"
         + (" original study, reach 90% |" if paper else ""),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if paper else ""),
+        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|" + ("---:|" if paper else ""),
     ]
-    for r in results:
-        original = f" {PAPER_LAW.get((r['layers'], r['heads']), '-')} |" if paper else ""
+    for name, group in groups.items():
+        reach = {lay: [r["layouts"][lay]["reach_90"] for r in group] for lay in LAYOUTS}
+        reach99 = [r["layouts"]["original"]["reach_99"] for r in group]
+        original = f" {PAPER_LAW.get((group[0]['layers'], group[0]['heads']), '-')} |" if paper else ""
         lines.append(
-            f"| {label(r)} | {r['steps']:,} | {r['minutes']:.1f} | {r['reach_90']} | {r['reach_99']} | "
-            f"{r['overall']:.3f} |{original}"
+            f"| {name} | {len(group)} | {group[0]['chance']:.2f} | {median(reach['original']):g} | "
+            f"{', '.join(map(str, reach['original']))} | {median(reach['bind_first']):g} | "
+            f"{', '.join(map(str, reach['bind_first']))} | {median(reach99):g} | "
+            f"{median([r['steps'] for r in group]):,.0f} | {median([r['minutes'] for r in group]):.1f} |{original}"
         )
+    lines += ["", "Published anchors on the reach figure (each with its own task, layout and threshold):", ""]
+    lines += [f"- {a['label']}: {a['points']}; {a['note']}." for a in ANCHORS]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
 
-    curves = {label(r): r["accuracy"] for r in results}
-    save_html(accuracy_per_depth_fig(curves, title="Accuracy per depth"), out / "accuracy_per_depth.html")
+    curves = {}
+    for name, group in groups.items():
+        for layout in LAYOUTS:
+            depths = sorted(set.intersection(*(set(r["layouts"][layout]["accuracy"]) for r in group)))
+            curves[f"{name} {layout}"] = {
+                d: median([r["layouts"][layout]["accuracy"][d] for r in group]) for d in depths
+            }
+    title = f"Accuracy per depth (median over seeds; chance {results[0]['chance']:.2f})"
+    save_html(accuracy_per_depth_fig(curves, title=title), out / "accuracy_per_depth.html")
+    save_html(reach_figure(groups), out / "depth_reach.html")
+
+
+def reach_figure(groups: dict[str, list[dict[str, Any]]]) -> go.Figure:
+    """Reach at 90% on the original layout against layers: every seed, the median per model, 2^n, the anchors."""
     fig = go.Figure()
-    for threshold in (90, 99):
+    seeds = [r for group in groups.values() for r in group]
+    fig.add_trace(
+        go.Scatter(
+            x=[r["layers"] + 0.06 * (r["seed"] - 1) for r in seeds],  # seeds side by side
+            y=[r["layouts"]["original"]["reach_90"] for r in seeds],
+            text=[f"{label(r)} seed {r['seed']}" for r in seeds],
+            mode="markers",
+            marker={"size": 7, "opacity": 0.6},
+            name="each seed (original layout)",
+        )
+    )
+    for layout, dash in (("original", "solid"), ("bind_first", "dot")):
         fig.add_trace(
             go.Scatter(
-                x=[r["layers"] for r in results],
-                y=[r[f"reach_{threshold}"] for r in results],
-                text=[label(r) for r in results],
+                x=[g[0]["layers"] for g in groups.values()],
+                y=[median([r["layouts"][layout]["reach_90"] for r in g]) for g in groups.values()],
+                text=list(groups),
                 mode="markers+lines",
-                name=f"depth reach at {threshold}%",
+                line={"dash": dash},
+                name=f"median, {layout} layout",
             )
         )
-    layers = sorted({r["layers"] for r in results})
+    layers = sorted({r["layers"] for r in seeds} | {n for a in ANCHORS for n in a["points"]})
     fig.add_trace(go.Scatter(x=layers, y=[2**n for n in layers], mode="lines", name="2^n", line={"dash": "dash"}))
+    for anchor, symbol in zip(ANCHORS, ("diamond-open", "square-open", "star-open")):
+        points = sorted(anchor["points"].items())
+        fig.add_trace(
+            go.Scatter(
+                x=[n for n, _ in points],
+                y=[k for _, k in points],
+                mode="markers+lines",
+                marker={"symbol": symbol, "size": 10},
+                line={"width": 1},
+                name=anchor["label"],
+            )
+        )
     fig.update_layout(
-        title={"text": "Depth reach against layers", "x": 0.5},
+        title={"text": "Depth reach at 90% against layers", "x": 0.5},
         xaxis={"title": {"text": "layers"}, "dtick": 1},
         yaxis={"title": {"text": "hops resolved"}},
         template="plotly_white",
     )
-    save_html(fig, out / "depth_reach.html")
+    return fig
 
 
 def run_experiment(config: DepthLawConfig) -> None:
@@ -333,7 +464,8 @@ def run_experiment(config: DepthLawConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "experiment.json", json.dumps(record, indent=2) + "\n")
         start = time.monotonic()
-        statuses = wait_for_grid(config, record_dir(logdir, PREFIX))
+        progress = SweepProgress(logdir, PREFIX, list(range(len(g.runs))), "val/depth_reach_90")
+        statuses = wait_for_grid(config, record_dir(logdir, PREFIX), on_poll=progress.render)
         print(f"the grid ended after {(time.monotonic() - start) / 60:.1f} minutes of waiting; statuses {statuses}")
     found = run_dirs(logdir)
     results = [evaluate(found[i], config) for i in sorted(found) if found[i].checkpoints()]

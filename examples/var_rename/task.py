@@ -44,6 +44,9 @@ class VarRenameConfig(PromptTaskConfig):
     bind_first: bool = True
     """The first num_chains statements bind every chain's digit, one chain each; false: the original study's
     layout, where every statement picks its chain at random and a chain's first statement binds its digit."""
+    mix_layouts: bool = False
+    """Each prompt's layout drawn at random, half of them bind_first and half the original study's (overrides
+    bind_first): a model trained on both holds its reach on either."""
 
     min_renames: int = 0
     """Length curriculum for streamed training prompts (--streaming): they start with this many renames and grow
@@ -52,7 +55,8 @@ class VarRenameConfig(PromptTaskConfig):
     """Training steps at each prompt length of the curriculum."""
 
     def data_hash_params(self) -> list[str]:
-        return ["num_chains", "num_renames", "bind_first"]
+        # mix_layouts only when on: the datasets cached before it existed keep their hashes.
+        return ["num_chains", "num_renames", "bind_first", *(["mix_layouts"] if self.mix_layouts else [])]
 
     def data_fields(self) -> list[str]:
         return [*super().data_fields(), "min_renames", "renames_growth_steps"]
@@ -80,11 +84,12 @@ class VarRenameConfig(PromptTaskConfig):
                 raise ValueError(
                     "min_renames (a length curriculum) needs --streaming: the cached dataset has one length"
                 )
-            if not max(1, self.num_chains if self.bind_first else 1) <= self.min_renames <= self.num_renames:
+            bound = self.bind_first or self.mix_layouts
+            if not max(1, self.num_chains if bound else 1) <= self.min_renames <= self.num_renames:
                 raise ValueError(f"min_renames must be in num_chains..num_renames, got {self.min_renames}")
         if self.renames_growth_steps < 1:
             raise ValueError(f"renames_growth_steps must be >= 1, got {self.renames_growth_steps}")
-        if self.bind_first and self.num_renames < self.num_chains:
+        if (self.bind_first or self.mix_layouts) and self.num_renames < self.num_chains:
             raise ValueError(
                 f"num_renames ({self.num_renames}) must be >= num_chains ({self.num_chains}): the first "
                 f"num_chains statements bind each chain's digit"
@@ -112,13 +117,14 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
     def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
         """One prompt, its answer and per-character depths (the straightforward reference version)."""
         num_chains = self.config.num_chains
+        bind_first = self.config.bind_first if not self.config.mix_layouts else bool(rng.integers(2))
         values = [str(v) for v in rng.permutation(num_chains)]  # chain c holds the digit values[c]
         current = list(values)  # current variable of each chain
         depth = [0] * num_chains
         live: set[str] = set()  # letters that are some chain's current variable
         prompt, answer, depths = [], [], []
         for r in range(self.config.num_renames):
-            c = pick_chain(rng, r, num_chains, self.config.bind_first)
+            c = pick_chain(rng, r, num_chains, bind_first)
             old, new = rename(rng, c, current, live)
             prompt.append(f"{old}>{new};")
             answer.append(f"{values[c]}.{values[c]}.")
@@ -134,6 +140,15 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         letter, at most num_chains/26 of them). Each statement is built as one little-endian uint32
         word (4 characters), so the (n, R) outputs are written once and viewed as (n, 4R) bytes.
         """
+        if self.config.mix_layouts:
+            # Half the prompts (binomially) of each layout, in random order.
+            bound = int(rng.binomial(n, 0.5))
+            parts = [
+                VarRenamePrompter(dataclasses.replace(self.config, mix_layouts=False, bind_first=b)).get_prompts(rng, k)
+                for b, k in ((True, bound), (False, n - bound))
+            ]
+            order = rng.permutation(n)
+            return {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0]}
         num_chains, num_renames = self.config.num_chains, self.config.num_renames
         values = np.argsort(rng.random((n, num_chains)), axis=1).astype(np.uint32)  # (n, C) random permutations
         chains = Chains(values, len(VOCAB))
@@ -186,22 +201,25 @@ def paper() -> VarRenameConfig:
 
 
 def depth() -> VarRenameConfig:
-    """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law; examples/README.md): fresh
-    prompts of 2 chains whose length grows from 8 to 64 renames, evaluated on 64-rename prompts (depths past 25)."""
+    """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law; examples/README.md): QK-norm,
+    fresh prompts of 2 chains in both layouts whose length grows from 8 to 41 renames, evaluated on 64-rename
+    prompts (depths past 25)."""
     return VarRenameConfig(
-        **{**CPU, "max_minutes": None},  # the step budget ends the run (a 4-layer run takes most of an hour)
+        **{**CPU, "max_minutes": None},  # the step budget ends the run
+        qk_norm=True,  # leaves the first plateau within ~1,000 steps for every seed (bench/RESULTS.md)
         num_chains=2,
         num_renames=64,
+        mix_layouts=True,  # both layouts: the reach holds on the original study's layout too
         min_renames=8,
-        renames_growth_steps=3000,  # 8, 12, 18, 27, 41 renames by step 12,000
+        renames_growth_steps=1000,  # 8, 12, 18, 27, 41 renames by step 4,000
         streaming=True,
         train_size=1_000,  # streamed training: only the test split is used
         test_size=500,
         batch_size=64,
-        max_steps=15_000,
+        max_steps=5_000,
         lr_decay="linear",  # constant, then down to 0.1 x lr over the last 15% of the steps
         decay_fraction=0.15,
-        eval_every_n_samples=64 * 1000,
+        eval_every_n_samples=64 * 500,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.plan import NAME_RE, SweepError, expand, panes, parse_gpus, parse_grid, plan_runs
 from iluvattnshun.sweep.plan import read_overrides_file, validate_runs
+from iluvattnshun.sweep.progress import SweepProgress
 from iluvattnshun.sweep.record import read_record, record_dir, wait_for_runs
 from iluvattnshun.sweep.summary import format_table, load_sweep, summarize
 from iluvattnshun.sweep.tmux import PANES_PER_WINDOW, attach, launch
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prefix", default=DEFAULT_SESSION, help=f"the sweep's run-name prefix (default {DEFAULT_SESSION!r})"
     )
     w.add_argument("--timeout", type=float, help="give up after this many seconds")
+    w.add_argument("--metric", default="val/accuracy", help="the metric shown beside each run's step and ETA")
     w.add_argument("--status-dir", help="the sweep record directory, if not <logdir>/.sweeps/<prefix>")
 
     st = sub.add_parser("status", help="each run's state (with its SLURM job and requeues), step and directory")
@@ -280,7 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cancel":
             return _cancel_main(args)
         rdir = Path(args.status_dir) if args.status_dir else record_dir(args.logdir, args.prefix)
-        statuses = _wait(rdir, args.timeout)
+        record = read_record(rdir)
+        indices = [int(r["index"]) for r in record["runs"]] if record else []
+        progress = SweepProgress(Path(args.logdir), args.prefix, indices, args.metric)
+        statuses = _wait(rdir, args.timeout, on_poll=progress.render)
         failed = [i for i, s in statuses.items() if s != 0]
         print(f"{len(statuses)} runs ended" + (f"; failed: {', '.join(map(str, failed))}" if failed else ", all ok"))
         return 1 if failed else 0

@@ -5,13 +5,14 @@ run records its current attempt (job id, requeue count) in ``run_<i>.slurm.json`
 """
 
 import json
+import math
 import os
 import re
 import shlex
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from iluvattnshun.files import atomic_write
 from iluvattnshun.sweep.plan import Run, SweepError, panes
@@ -58,8 +59,17 @@ def read_status(rdir: Path, index: int) -> int | None:
         return None
 
 
-def wait_for_runs(rdir: Path, timeout: float | None = None, poll: float = 0.5) -> dict[int, int]:
+def wait_for_runs(
+    rdir: Path,
+    timeout: float | None = None,
+    poll: float = 0.5,
+    on_poll: Callable[[dict[int, int | None]], None] | None = None,
+    on_poll_every: float = 2.0,
+) -> dict[int, int]:
     """Blocks until every run of the sweep recorded in ``rdir`` has an exit status.
+
+    ``on_poll`` (e.g. ``SweepProgress.render``) sees every run's status (None while it runs) every ``on_poll_every``
+    seconds and once at the end.
 
     Returns:
         ``{run index: exit status}``.
@@ -72,9 +82,13 @@ def wait_for_runs(rdir: Path, timeout: float | None = None, poll: float = 0.5) -
         raise SweepError(f"no sweep record in {rdir}")
     indices = [int(r["index"]) for r in record["runs"]]
     deadline = None if timeout is None else time.monotonic() + timeout
+    shown = -math.inf
     while True:
         statuses = {i: read_status(rdir, i) for i in indices}
         pending = [i for i, s in statuses.items() if s is None]
+        if on_poll is not None and (not pending or time.monotonic() - shown >= on_poll_every):
+            on_poll(statuses)
+            shown = time.monotonic()
         if not pending:
             return {i: s for i, s in statuses.items() if s is not None}
         if deadline is not None and time.monotonic() > deadline:
