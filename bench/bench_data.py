@@ -21,7 +21,6 @@ import concurrent.futures
 import datetime
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
+from bench.common import machine
 from bench.results import replace_section
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer
 from iluvattnshun.nn import MultilayerTransformer
@@ -249,18 +249,6 @@ def data_wait(repeats: int, threads: int, workers: list[int]) -> list[dict[str, 
 
 
 # --- report ----------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
 
 
 def report(

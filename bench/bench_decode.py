@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from bench.bench_data import machine
+from bench.common import machine
 from bench.results import publish
 from iluvattnshun.decode import Decoder
 from iluvattnshun.nn import MultilayerTransformer

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_data import machine
+from bench.common import machine
 from bench.bench_sweep import steps_per_s
 from bench.results import publish
 

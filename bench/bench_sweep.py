@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_data import machine
+from bench.common import machine
 from bench.results import publish
 from iluvattnshun.sweep.plan import SweepError, available_cores, plan_runs
 from iluvattnshun.sweep.record import wait_for_runs

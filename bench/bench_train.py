@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.bench_data import machine
+from bench.common import machine
 from bench.bench_nn import Shape, generation_time, make_model, matmul_peak_flops, sync
 from examples.shakespeare import IGNORE, ShakespeareTrainer
 from examples.shakespeare import quick as shakespeare_quick

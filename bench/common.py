@@ -1,0 +1,47 @@
+"""Helpers the benchmark scripts share: the machine's description and timing with device synchronisation."""
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def machine() -> str:
+    """CPU model, core count and library versions, for the machine line of a RESULTS.md section."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU), so that a timer measures the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
+    """Seconds for ``repeats`` calls of ``fn``, the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median seconds of one call of ``fn`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn, device) for _ in range(repeats))
