@@ -2,7 +2,7 @@
 
 import pytest
 
-from iluvattnshun.task import depth_reach
+from iluvattnshun.task import PromptTaskTrainer, depth_reach
 
 
 @pytest.mark.parametrize(
@@ -18,3 +18,15 @@ from iluvattnshun.task import depth_reach
 )
 def test_depth_reach(accuracy: dict[int, float], counts: dict[int, int], threshold: float, expected: int) -> None:
     assert depth_reach(accuracy, counts, threshold, min_positions=100) == expected
+
+
+def test_eta_expects_the_curriculum_to_slow_the_steps() -> None:
+    # The depth recipe's prompts grow from 8 to 41 renames: later steps cost more, and the ETA's cost sums say so.
+    from examples.var_rename.task import VarRenamePrompter, depth
+
+    trainer = PromptTaskTrainer(VarRenamePrompter(depth()))
+    costs = [trainer.step_cost(s) for s in (0, 999, 1000, 2000, 3000, 4000)]
+    assert costs[0] == costs[1] < costs[2] < costs[3] < costs[4] < costs[5]
+    assert trainer._cost_between(0, 1000) == pytest.approx(1000 * costs[0])
+    # the second half of the run costs far more than the first: a step-count ETA would be off by that ratio
+    assert trainer._cost_between(2500, 5000) > 2.5 * trainer._cost_between(0, 2500)

@@ -167,3 +167,20 @@ def test_dataset_columns_dtypes_and_rules(tmp_path: Path) -> None:
     for row in train.select(range(100)):
         assert decode(row["prompt"], VAR_RENAME_VOCAB) == row["prompt_text"]
         check_var_rename(row["prompt_text"], row["answer_text"], row["depth"].tolist(), 2, 6)
+
+
+def test_mixed_layouts_hold_both_layouts_and_follow_the_rules() -> None:
+    # mix_layouts: every prompt follows the rules of one layout (the checker's bind_first=False accepts both), and
+    # both appear: about half the prompts bind every chain in the first statements, the rest start chains anywhere.
+    config = VarRenameConfig(num_chains=3, num_renames=12, mix_layouts=True, bind_first=False)
+    p = VarRenamePrompter(config)
+    for facts in (_facts_vectorised(p, 2000, seed=6), _facts_per_example(p, 600, seed=7)):
+        bound_first = [sorted(f.chain_of_statement[:3]) == [0, 1, 2] for f in facts]
+        original = VarRenamePrompter(VarRenameConfig(num_chains=3, num_renames=12, bind_first=False))
+        by_chance = np.mean(
+            [sorted(f.chain_of_statement[:3]) == [0, 1, 2] for f in _facts_vectorised(original, 2000, seed=8)]
+        )
+        # half bind-first (always bound first) + half original (bound first by chance)
+        assert abs(np.mean(bound_first) - (0.5 + 0.5 * by_chance)) < 0.05
+    assert config.data_hash_params()[-1] == "mix_layouts"
+    assert "mix_layouts" not in VarRenameConfig(num_chains=3, num_renames=12).data_hash_params()  # old hashes kept
