@@ -52,6 +52,7 @@ def config_of(variant: str) -> VarRenameConfig:
         "lr_3e-4": {"lr": 3e-4},
         "warmup_1000": {"warmup_steps": 1000},
         "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
+        "qk_norm+mixed_layouts": {"qk_norm": True, "mix_layouts": True},
     }.get(variant, {})
     return dataclasses.replace(depth(), **SHAPE, lr_decay="none", **changes)
 
@@ -86,11 +87,12 @@ VARIANTS = [
     "depth_balanced",
     "warmup_1000",
     "qk_norm+lr_3e-3",
+    "qk_norm+mixed_layouts",
 ]
 """baseline: the depth recipe; qk_norm: ``--qk_norm``; temperature_0.5: scores x 2 (Hoffmann et al.'s softmax
 temperature); unscaled_init: residual projections at std 0.02; lr_3e-4, warmup_1000: the optimiser's schedule;
 depth_balanced: each target's loss weighted by 1 / (targets of its depth in the batch), so rare deep positions weigh
-as much as shallow ones."""
+as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``)."""
 
 
 def loss_of(
@@ -138,7 +140,9 @@ def run_one(variant: str, seed: int, max_steps: int, eval_every: int, eval_promp
     optimizer = build_optimizer(model, config, torch.device("cpu"))
     scheduler = build_scheduler(optimizer, config, max_steps)
     rng = np.random.default_rng(seed)
-    eval_data = as_tensors(prompter.sample_batch(np.random.default_rng(EVAL_SEED), eval_prompts))
+    # Every variant is scored on the same prompts: the recipe's own layout (bind_first).
+    eval_prompter = VarRenamePrompter(config_of("baseline"))
+    eval_data = as_tensors(eval_prompter.sample_batch(np.random.default_rng(EVAL_SEED), eval_prompts))
     escape = reach4 = None
     accuracy: dict[int, float] = {}
     step = 0
