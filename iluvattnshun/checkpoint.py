@@ -1,13 +1,17 @@
-"""Checkpoint files: atomic writes, ``weights_only`` loads, retention, shape-checked model loading, RNG state.
+"""The run's state on disk: the checkpoint schema (``Checkpoint``, with a format version), writing it, finding what
+to resume, restoring it, retention, cleanup of half-written files, shape-checked model loading and RNG state.
 
 A checkpoint is a dict of tensors and plain containers only (the config is stored as a YAML string, RNG
 states as tensors and lists), so ``torch.load(..., weights_only=True)`` can read it and nothing in the file
-can run code.
+can run code. This module is the only one that names the dict's keys; everything else reads a ``Checkpoint``.
 """
 
+import contextlib
+import dataclasses
 import os
 import pickle
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -15,8 +19,203 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from iluvattnshun.files import atomic_write
-from iluvattnshun.rundir import list_checkpoints
+from iluvattnshun.files import atomic_write, temporary_target
+from iluvattnshun.rundir import CKPT_PATTERN, list_checkpoints
+
+FORMAT_VERSION = 1
+"""Version of the checkpoint layout below; a file of another version is refused with a clear error."""
+
+
+@dataclass
+class Progress:
+    """Counters of a run; saved in every checkpoint and restored on resume."""
+
+    step: int = 0
+    """Optimizer steps taken (including skipped non-finite ones)."""
+    epoch: int = 0
+    """Current epoch (the one the next batch comes from)."""
+    batch_idx: int = 0
+    """Micro-batches of the current epoch already consumed on this rank."""
+    samples_seen: int = 0
+    """Training samples consumed, summed over ranks."""
+    tokens_seen: int = 0
+    """Training tokens consumed, summed over ranks (0 when ``num_tokens`` returns None)."""
+    last_eval_samples: int = -1
+    """``samples_seen`` at the last evaluation (-1: never evaluated)."""
+    eval_count: int = 0
+    """Evaluations run so far."""
+    skipped_steps: int = 0
+    """Steps skipped because of a non-finite loss (``skip_nonfinite``)."""
+    train_time_s: float = 0.0
+    """Seconds spent in the training loop, summed over resumes."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Progress":
+        """Counters from a saved dict; keys this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class Checkpoint:
+    """A trainer checkpoint: everything needed to resume a run, and to rebuild its model without the trainer."""
+
+    model: Mapping[str, torch.Tensor]
+    """The plain module's state dict (no DDP / compile prefixes)."""
+    optimizer: Mapping[str, Any]
+    scheduler: Mapping[str, Any] | None
+    progress: Progress
+    rng: list[Any]
+    """One ``get_rng_state()`` per rank."""
+    config: str
+    """The run's config as YAML (what reproduces the run: without ``resume``)."""
+    classes: dict[str, str] = field(default_factory=dict)
+    """``module:QualName`` of the task's classes by role (config, trainer, prompter), for ``load_run``."""
+    model_kwargs: dict[str, Any] | None = None
+    """The model's constructor arguments when it can describe them (``init_kwargs``), for ``load_run``."""
+    world_size: int = 1
+    run: str | None = None
+    """The run directory's name (``run_<N>_<name>``): retention prunes only this run's checkpoints."""
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    """The last evaluation's numeric metrics."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict written to disk."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "model_kwargs": self.model_kwargs,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "progress": dataclasses.asdict(self.progress),
+            "rng": self.rng,
+            "world_size": self.world_size,
+            "config": self.config,
+            "classes": self.classes,
+            "run": self.run,
+            "val_metrics": self.val_metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], source: str = "checkpoint") -> "Checkpoint":
+        """Read a loaded checkpoint dict.
+
+        Raises:
+            ValueError: in one line, when ``state`` is not a trainer checkpoint or is of another format version.
+        """
+        version = state.get("format_version")
+        if version is None:
+            raise ValueError(f"{source} is not a trainer checkpoint (it records no format_version)")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{source} has checkpoint format {str(version)[:20]}, this version of iluvattnshun reads format "
+                f"{FORMAT_VERSION}: load it with the version that wrote it"
+            )
+        missing = [k for k in ("model", "optimizer", "progress", "rng", "config") if k not in state]
+        if missing:
+            raise ValueError(f"{source} is not a trainer checkpoint (missing {', '.join(missing)})")
+        classes = state.get("classes")
+        return cls(
+            model=state["model"],
+            optimizer=state["optimizer"],
+            scheduler=state.get("scheduler"),
+            progress=Progress.from_dict(state["progress"]),
+            rng=list(state["rng"]),
+            config=state["config"],
+            classes=dict(classes) if isinstance(classes, Mapping) else {},
+            model_kwargs=state.get("model_kwargs") if isinstance(state.get("model_kwargs"), dict) else None,
+            world_size=int(state.get("world_size", 1)),
+            run=state.get("run"),
+            val_metrics=dict(state.get("val_metrics") or {}),
+        )
+
+    @property
+    def step(self) -> int:
+        """The optimizer step it was written at."""
+        return self.progress.step
+
+    def __getitem__(self, key: str) -> Any:
+        """The raw dict's entry (``load_run(...).checkpoint["progress"]`` was a dict once)."""
+        return self.to_dict()[key]
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> Checkpoint:
+    """Load a trainer checkpoint file (``weights_only``) as a ``Checkpoint``.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: in one line, when the file is unreadable, not a trainer checkpoint, or of another format version.
+    """
+    return Checkpoint.from_dict(load_checkpoint(path, map_location=map_location), source=repr(os.fspath(path)))
+
+
+def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` atomically and durably (see ``save_checkpoint``)."""
+    save_checkpoint(path, checkpoint.to_dict())
+
+
+def restore(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    source: str = "checkpoint",
+) -> None:
+    """Load a checkpoint's model, optimizer and scheduler state (the caller takes its counters and RNG states).
+
+    Raises:
+        ValueError: when the model does not match, or the trainer has a scheduler and the checkpoint none.
+    """
+    load_model_state_dict(model, checkpoint.model, source=source)
+    optimizer.load_state_dict(dict(checkpoint.optimizer))
+    if scheduler is not None:
+        if checkpoint.scheduler is None:
+            raise ValueError(f"{source} has no scheduler state but get_scheduler() returned one")
+        scheduler.load_state_dict(dict(checkpoint.scheduler))
+
+
+def find_resumable(directory: str | os.PathLike[str]) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint in ``directory`` that loads, and a line for each newer one skipped as unreadable."""
+    skipped = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            read_checkpoint(path)
+        except ValueError as e:
+            skipped.append(f"{path} is unreadable ({str(e).splitlines()[0]})")
+            continue
+        return path, skipped
+    return None, skipped
+
+
+def load_model_weights(path: str | os.PathLike[str], model: nn.Module) -> None:
+    """Load only the model weights of a checkpoint file (a trainer's, the original code's, or a bare state dict).
+
+    Raises:
+        FileNotFoundError, ValueError: as ``load_checkpoint``; ValueError also when no state dict matches the model.
+    """
+    state = load_checkpoint(path)
+    load_model_state_dict(model, model_weights(state, os.fspath(path)), source=os.fspath(path))
+
+
+def model_weights(state: Mapping[str, Any], source: str = "checkpoint") -> Mapping[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint dict (a trainer's, the original code's, or a bare one)."""
+    weights = state.get("model", state.get("model_state_dict", state))
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"{source!r} holds no model state dict (its keys: {', '.join(map(str, list(state)[:10]))})")
+    return weights
+
+
+def cleanup_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of checkpoint writes that were killed half-way; returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(directory).iterdir():
+            target = temporary_target(entry.name)
+            if target is not None and CKPT_PATTERN.match(target):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
@@ -98,10 +297,7 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
     if model is None:
         return state
-    weights = state.get("model", state.get("model_state_dict", state))
-    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ValueError(f"{path!r} holds no model state dict (its keys: {', '.join(map(str, list(state)[:10]))})")
-    load_model_state_dict(model, weights, source=path)
+    load_model_state_dict(model, model_weights(state, path), source=path)
     for target, keys in (
         (optimizer, ("optimizer", "optimizer_state_dict")),
         (scheduler, ("scheduler", "scheduler_state_dict")),

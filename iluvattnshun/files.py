@@ -1,6 +1,7 @@
 """Writing files safely: atomic replacement, and probing that a directory can be written before work starts."""
 
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -40,7 +41,7 @@ def atomic_write(path: str | os.PathLike[str], content: str | bytes | Writer, *,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(temporary_name(path.name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -62,9 +63,26 @@ def atomic_write(path: str | os.PathLike[str], content: str | bytes | Writer, *,
     return path
 
 
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.\d+\.[0-9a-f]+\.tmp$")
+
+
+def temporary_name(name: str) -> str:
+    """The name of ``atomic_write``'s temporary file for a file called ``name`` (hidden, unique to this call)."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an ``atomic_write`` temporary called ``name`` was meant to become, or None for other names.
+
+    Such a file exists after the write only when the writing process was killed half-way.
+    """
+    m = _TEMPORARY.match(name)
+    return m.group("target") if m else None
+
+
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of ``atomic_write``'s temporaries (left behind only by a killed process)."""
-    return name.startswith(".") and name.endswith(".tmp")
+    return temporary_target(name) is not None
 
 
 PROBE_ATTEMPTS = 20

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from iluvattnshun import rundir
-from iluvattnshun.checkpoint import load_checkpoint, load_model_state_dict
+from iluvattnshun.checkpoint import Checkpoint, load_model_state_dict, read_checkpoint
 from iluvattnshun.config import Config, config_from_yaml_string
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.prompter import Prompter
@@ -33,8 +33,8 @@ class LoadedRun(NamedTuple):
     """The task's prompter, or None for tasks without one."""
     trainer: Any
     """The task's trainer (not run): only built when the checkpoint cannot describe its model, else None."""
-    checkpoint: dict[str, Any]
-    """The raw checkpoint dict (progress counters, last validation metrics, ...)."""
+    checkpoint: Checkpoint
+    """The checkpoint (``.progress`` counters, ``.val_metrics`` of the last evaluation, ...)."""
     checkpoint_path: Path
     """Which checkpoint file was loaded."""
 
@@ -235,26 +235,29 @@ def load_run(
     if not run.path.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
     path = _find_checkpoint(run, checkpoint)
-    state = load_checkpoint(path, map_location=device)
-    classes = state.get("classes")
-    if not isinstance(classes, dict) or "config" not in classes:
+    ckpt = read_checkpoint(path, map_location=device)
+    classes = ckpt.classes
+    if "config" not in classes:
         raise ValueError(f"{path} records no task classes: it was not written by iluvattnshun's Trainer")
 
     config_cls = _import_class(classes["config"], run, trust_code, Config, "config")
-    if not isinstance(state.get("config"), str):
+    if not isinstance(ckpt.config, str):
         raise ValueError(f"{path} records no config (YAML text)")
-    config = config_from_yaml_string(state["config"], config_cls, source=str(path))
+    config = config_from_yaml_string(ckpt.config, config_cls, source=str(path))
     prompter = None
     if "prompter" in classes:
         prompter = _import_class(classes["prompter"], run, trust_code, Prompter, "prompter")(config)
     trainer = None
-    if isinstance(state.get("model_kwargs"), dict):
-        model: nn.Module = MultilayerTransformer(**state["model_kwargs"])
-    else:  # a custom model: only its trainer knows how to build it
-        from iluvattnshun.trainer import Trainer  # the trainer pulls in the whole loop: only for custom models
+    # Building a model draws its initial weights from the global generator: on a forked one, the caller's random
+    # streams are left as they were (the checkpoint's weights replace the draws anyway).
+    with torch.random.fork_rng(devices=[]):
+        if ckpt.model_kwargs is not None:
+            model: nn.Module = MultilayerTransformer(**ckpt.model_kwargs)
+        else:  # a custom model: only its trainer knows how to build it
+            from iluvattnshun.trainer import Trainer  # the trainer pulls in the whole loop: only for custom models
 
-        trainer = _import_class(classes.get("trainer"), run, trust_code, Trainer, "trainer")(config)
-        model = trainer.get_model()
-    load_model_state_dict(model, state["model"], source=str(path))
+            trainer = _import_class(classes.get("trainer"), run, trust_code, Trainer, "trainer")(config)
+            model = trainer.get_model()
+    load_model_state_dict(model, ckpt.model, source=str(path))
     model.to(device).eval()
-    return LoadedRun(config, model, prompter, trainer, state, path)
+    return LoadedRun(config, model, prompter, trainer, ckpt, path)

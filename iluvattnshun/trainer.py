@@ -51,15 +51,22 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from iluvattnshun import distributed as tdist
 from iluvattnshun import rundir, speed
+from iluvattnshun.batches import batch_size_of, first_tensor, first_token_count, iter_tensors, move_to_device
 from iluvattnshun.checkpoint import (
+    Checkpoint,
+    Progress,
+    cleanup_temp_files,
+    find_resumable,
     get_rng_state,
     load_checkpoint,
-    load_model_state_dict,
+    load_model_weights,
     prune_checkpoints,
+    read_checkpoint,
+    restore,
     seed_everything,
     set_rng_state,
+    write_checkpoint,
 )
-from iluvattnshun.checkpoint import save_checkpoint as write_checkpoint
 from iluvattnshun.config import (
     Config,
     config_to_dict,
@@ -72,14 +79,11 @@ from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
 from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
 
-CHECKPOINT_FORMAT = 1
-"""Version of the checkpoint dict layout written by ``Trainer``."""
-
 _SYNC_EVERY = 8
+"""In a distributed run, ranks agree on time-based events (stop, save) every this many steps."""
 
 MAX_RUN_NAME_BYTES = 150
 """Longest run name: its directory, YAML, script and TensorBoard event file names must fit the file system's limit."""
-"""In a distributed run, ranks agree on time-based events (stop, save) every this many steps."""
 
 
 @dataclass(kw_only=True)
@@ -180,31 +184,6 @@ class TrainerConfig(Config):
 
 
 C = TypeVar("C", bound=TrainerConfig)
-T = TypeVar("T")
-
-
-@dataclass
-class Progress:
-    """Counters of a run; saved in every checkpoint and restored on resume."""
-
-    step: int = 0
-    """Optimizer steps taken (including skipped non-finite ones)."""
-    epoch: int = 0
-    """Current epoch (the one the next batch comes from)."""
-    batch_idx: int = 0
-    """Micro-batches of the current epoch already consumed on this rank."""
-    samples_seen: int = 0
-    """Training samples consumed, summed over ranks."""
-    tokens_seen: int = 0
-    """Training tokens consumed, summed over ranks (0 when ``num_tokens`` returns None)."""
-    last_eval_samples: int = -1
-    """``samples_seen`` at the last evaluation (-1: never evaluated)."""
-    eval_count: int = 0
-    """Evaluations run so far."""
-    skipped_steps: int = 0
-    """Steps skipped because of a non-finite loss (``skip_nonfinite``)."""
-    train_time_s: float = 0.0
-    """Seconds spent in the training loop, summed over resumes."""
 
 
 class ConfigError(ValueError):
@@ -306,48 +285,6 @@ def _terminate_as_exception() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def move_to_device(batch: T, device: str | torch.device) -> T:
-    """Move every tensor in a (nested) dict / list / tuple to ``device`` (non-blocking); other leaves stay.
-
-    CPU tensors bound for a GPU are pinned first: a copy from pageable memory makes the host wait for the
-    GPU to finish its queued work (a stream synchronisation per batch), a copy from pinned memory does not.
-    """
-    if isinstance(batch, torch.Tensor):
-        if batch.device.type == "cpu" and torch.device(device).type == "cuda" and not batch.is_pinned():
-            batch = batch.pin_memory()  # type: ignore[assignment]
-        return batch.to(device, non_blocking=True)  # type: ignore[return-value]
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device) for k, v in batch.items()}  # type: ignore[return-value]
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-def iter_tensors(batch: Any) -> Iterator[torch.Tensor]:
-    """The tensors of a (nested) dict / list / tuple batch, depth first in insertion order."""
-    if isinstance(batch, torch.Tensor):
-        yield batch
-        return
-    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
-    for v in values:
-        yield from iter_tensors(v)
-
-
-def first_tensor(batch: Any) -> torch.Tensor | None:
-    """The first tensor in a (nested) batch, in insertion order, or None."""
-    return next(iter_tensors(batch), None)
-
-
-def batch_size_of(batch: Any) -> int:
-    """Size of dimension 0 of the first tensor in the batch."""
-    t = first_tensor(batch)
-    if t is None or t.dim() == 0:
-        raise ValueError("cannot infer the batch size: the batch holds no tensor with a batch dimension")
-    return int(t.shape[0])
 
 
 class Trainer(ABC, Generic[C]):
@@ -493,7 +430,7 @@ class Trainer(ABC, Generic[C]):
 
     def num_tokens(self, batch: Any) -> int | None:
         """Tokens in a batch, for tokens/s: by default the size of the first int64 2-D tensor, else None."""
-        return _first_token_count(batch)
+        return first_token_count(batch)
 
     def step_cost(self, step: int) -> float:
         """Relative cost of training step ``step`` (default 1: every step costs the same). A task whose steps get
@@ -565,12 +502,9 @@ class Trainer(ABC, Generic[C]):
             if owner is not None and owner != os.path.abspath(run.path):
                 skipped.append(f"{ckpt_dir} holds the checkpoints of the run {owner}, not of {run.path}")
                 continue
-            for path in reversed(rundir.list_checkpoints(ckpt_dir)):
-                try:
-                    load_checkpoint(path)
-                except ValueError as e:
-                    skipped.append(f"{path} is unreadable ({str(e).splitlines()[0]})")
-                    continue
+            path, unreadable = find_resumable(ckpt_dir)
+            skipped.extend(unreadable)
+            if path is not None:
                 if skipped:
                     self._notices.append(("resume: falling back", "\n".join(skipped)))
                 return run, str(path)
@@ -604,29 +538,12 @@ class Trainer(ABC, Generic[C]):
             with open(source_file, encoding="utf-8") as f:
                 self.logger.log_text(run.script_path.name, f.read())
 
-    def _load_model_weights(self, path: str) -> None:
-        state = load_checkpoint(path, map_location="cpu")
-        weights = state.get("model", state)
-        if not isinstance(weights, Mapping):
-            raise ValueError(f"{path!r} holds no model state dict")
-        load_model_state_dict(self.model, weights, source=path)
-        self._notices.append(("loaded model weights", path))
-
     def _restore(self, path: str) -> list[Any]:
         """Load a trainer checkpoint into model, optimizer, scheduler and counters; returns the RNG states."""
-        state = load_checkpoint(path, map_location="cpu")
-        missing = [k for k in ("model", "optimizer", "progress", "rng") if k not in state]
-        if missing:
-            raise ValueError(f"{path!r} is not a trainer checkpoint (missing {', '.join(missing)})")
-        load_model_state_dict(self.model, state["model"], source=path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            if state.get("scheduler") is None:
-                raise ValueError(f"{path!r} has no scheduler state but get_scheduler() returned one")
-            self.scheduler.load_state_dict(state["scheduler"])
-        known = {f.name for f in dataclasses.fields(Progress)}
-        self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
-        saved_world = int(state.get("world_size", 1))
+        ckpt = read_checkpoint(path)
+        restore(ckpt, self.model, self.optimizer, self.scheduler, source=repr(path))
+        self.progress = ckpt.progress
+        saved_world = ckpt.world_size
         if saved_world != self.world_size:
             # Each rank's data position and RNG stream only carry over with the same number of ranks.
             self._notices.append(
@@ -636,7 +553,7 @@ class Trainer(ABC, Generic[C]):
                 )
             )
             self.progress.batch_idx = 0
-        old = yaml.safe_load(state.get("config", "")) or {}
+        old = yaml.safe_load(ckpt.config) or {}
         new = config_to_dict(self.config)
         data_changes = [
             f"{k}: {old[k]!r} -> {new[k]!r}" for k in self.config.data_fields() if k in old and old[k] != new[k]
@@ -661,8 +578,7 @@ class Trainer(ABC, Generic[C]):
                 ("config changes: " + "; ".join(diffs)) if diffs else "",
             )
         )
-        rng = state["rng"]
-        return list(rng) if saved_world == self.world_size else []
+        return ckpt.rng if saved_world == self.world_size else []
 
     # ------------------------------------------------------------------------------------------------------
     # Run
@@ -722,7 +638,8 @@ class Trainer(ABC, Generic[C]):
                 if resume_ckpt is not None:
                     rng_states = self._restore(resume_ckpt)
                 elif cfg.load_model_path:
-                    self._load_model_weights(cfg.load_model_path)
+                    load_model_weights(cfg.load_model_path, self.model)
+                    self._notices.append(("loaded model weights", cfg.load_model_path))
                 self.train_loader = self.get_train_dataloader()
                 self.val_loader = self.get_val_dataloader()
                 dim_model = getattr(self.model, "dim_model", None)
@@ -768,8 +685,8 @@ class Trainer(ABC, Generic[C]):
             held.callback(self.logger.close)
             for title, text in self._notices:
                 self.logger.notice(title, text)
-            if resume_ckpt is not None:
-                self._cleanup_temp_files()
+            if resume_ckpt is not None and self.is_main:
+                cleanup_temp_files(self.ckpt_dir)  # left by a checkpoint write that was killed half-way
             self._write_run_files(resumed=resume_ckpt is not None)
 
             self._fwd_model: nn.Module = self.model
@@ -810,15 +727,6 @@ class Trainer(ABC, Generic[C]):
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-
-    def _cleanup_temp_files(self) -> None:
-        """Remove temp files left by a checkpoint write that was killed half-way."""
-        if not self.is_main or self.ckpt_dir is None:
-            return
-        for entry in os.listdir(self.ckpt_dir):
-            if entry.startswith(".ckpt_") and entry.endswith(".tmp"):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.ckpt_dir, entry))
 
     # ------------------------------------------------------------------------------------------------------
     # Loop
@@ -1201,25 +1109,25 @@ class Trainer(ABC, Generic[C]):
     # ------------------------------------------------------------------------------------------------------
     # Checkpoints
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> Checkpoint:
         """Everything needed to resume (collective in a distributed run: RNG states are gathered)."""
         rng_states = tdist.all_gather_object(get_rng_state())
         if hasattr(self, "_clock"):
             self._train_time()
-        return {
-            "format_version": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "model_kwargs": getattr(self.model, "init_kwargs", None),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "progress": dataclasses.asdict(self.progress),
-            "rng": rng_states,
-            "world_size": self.world_size,
-            "config": get_yaml_string(self._recorded_config),
-            "classes": {role: class_path(cls) for role, cls in self.task_classes().items()},
-            "run": os.path.basename(os.path.normpath(self.run_dir)) if self.run_dir else None,
-            "val_metrics": {k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
-        }
+        model_kwargs = getattr(self.model, "init_kwargs", None)
+        return Checkpoint(
+            model=self.model.state_dict(),
+            model_kwargs=model_kwargs if isinstance(model_kwargs, dict) else None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            progress=dataclasses.replace(self.progress),
+            rng=rng_states,
+            world_size=self.world_size,
+            config=get_yaml_string(self._recorded_config),
+            classes={role: class_path(cls) for role, cls in self.task_classes().items()},
+            run=os.path.basename(os.path.normpath(self.run_dir)) if self.run_dir else None,
+            val_metrics={k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
+        )
 
     def _parameters_finite(self) -> bool:
         """Whether every parameter is finite (one device sync)."""
@@ -1256,13 +1164,8 @@ class Trainer(ABC, Generic[C]):
                 # Only this run's checkpoints that load are counted and pruned, never the one it resumed from.
                 resumed: str | None = getattr(self, "_resumed_from", None)
                 protect = [resumed] if resumed else []
-                prune_checkpoints(self.ckpt_dir, keep, protect=protect, run=state["run"])
+                prune_checkpoints(self.ckpt_dir, keep, protect=protect, run=state.run)
             self.logger.notice("saved checkpoint", path)
         self._last_saved_step = self.progress.step
         tdist.barrier()
         return path
-
-
-def _first_token_count(batch: Any) -> int | None:
-    """Elements of the first int64 2-D tensor of a batch (its token ids), or None."""
-    return next((t.numel() for t in iter_tensors(batch) if t.dtype == torch.int64 and t.dim() == 2), None)

@@ -1,7 +1,7 @@
 """The stable import location of helpers users import (``iluvattnshun.utils.load_checkpoint``, ...).
 
 Each is implemented where its concept lives: configs in ``iluvattnshun.config``, checkpoint files in
-``iluvattnshun.checkpoint``, batches in ``iluvattnshun.trainer``.
+``iluvattnshun.checkpoint``, batches in ``iluvattnshun.batches``.
 """
 
 from iluvattnshun.checkpoint import load_checkpoint, load_model_state_dict, save_checkpoint, seed_everything
@@ -12,7 +12,7 @@ from iluvattnshun.config import (
     load_config_from_yaml,
     parse_config,
 )
-from iluvattnshun.trainer import first_tensor, move_to_device
+from iluvattnshun.batches import first_tensor, move_to_device
 
 __all__ = [
     "config_from_dict",

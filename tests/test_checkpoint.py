@@ -1,11 +1,25 @@
-"""Checkpoint files: both call forms of load_checkpoint, clear errors for files of another kind, retention."""
+"""Checkpoint files: the schema and its version, both call forms of load_checkpoint, clear errors for files of
+another kind, finding what to resume, retention, cleanup of half-written files."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from iluvattnshun.checkpoint import prune_checkpoints, save_checkpoint
+from iluvattnshun.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    Progress,
+    cleanup_temp_files,
+    find_resumable,
+    get_rng_state,
+    prune_checkpoints,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+    write_checkpoint,
+)
+from iluvattnshun.files import temporary_name
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.rundir import checkpoint_name, list_checkpoints
 from iluvattnshun.utils import load_checkpoint
@@ -65,3 +79,53 @@ def test_prune_counts_and_deletes_only_good_checkpoints_of_the_run(tmp_path: Pat
     deleted = prune_checkpoints(tmp_path, 1, protect=[tmp_path / checkpoint_name(1)], run="run_1_a")
     assert [p.name for p in deleted] == [checkpoint_name(2)]
     assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(s) for s in (1, 3, 4, 9)]
+
+
+def trainer_checkpoint(step: int = 3) -> Checkpoint:
+    m = model()
+    return Checkpoint(
+        model=m.state_dict(),
+        optimizer=torch.optim.AdamW(m.parameters()).state_dict(),
+        scheduler=None,
+        progress=Progress(step=step, samples_seen=step * 4),
+        rng=[get_rng_state()],
+        config="lr: 0.1\n",
+        classes={"config": "toy_task:ToyConfig"},
+        model_kwargs=m.init_kwargs,
+        run="run_1_a",
+    )
+
+
+def test_schema_round_trips_and_refuses_another_format_version(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint_name(3)
+    write_checkpoint(path, trainer_checkpoint())
+    back = read_checkpoint(path)
+    assert back.step == 3 and back.progress == Progress(step=3, samples_seen=12) and back.run == "run_1_a"
+    assert back.classes == {"config": "toy_task:ToyConfig"} and back.config == "lr: 0.1\n"
+    assert back["progress"]["step"] == 3  # the earlier dict access of load_run(...).checkpoint
+    fresh = model()
+    restore(back, fresh, torch.optim.AdamW(fresh.parameters()), None)
+    assert torch.equal(fresh.unembed.weight, back.model["unembed.weight"])
+
+    save_checkpoint(path, {**trainer_checkpoint().to_dict(), "format_version": FORMAT_VERSION + 1})
+    with pytest.raises(ValueError, match=f"checkpoint format {FORMAT_VERSION + 1}, .* reads format") as e:
+        read_checkpoint(path)
+    assert "\n" not in str(e.value)
+    save_checkpoint(path, {"model": model().state_dict()})  # a bare weights file: not a trainer checkpoint
+    with pytest.raises(ValueError, match="not a trainer checkpoint"):
+        read_checkpoint(path)
+
+
+def test_find_resumable_skips_unreadable_and_cleanup_removes_only_checkpoint_temporaries(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / checkpoint_name(2), trainer_checkpoint(2))
+    (tmp_path / checkpoint_name(5)).write_bytes(b"garbage")  # newest, half-written by hand
+    path, skipped = find_resumable(tmp_path)
+    assert path == tmp_path / checkpoint_name(2) and len(skipped) == 1 and checkpoint_name(5) in skipped[0]
+    assert find_resumable(tmp_path / "missing") == (None, [])
+
+    killed = tmp_path / temporary_name(checkpoint_name(7))  # a checkpoint write killed half-way
+    other = tmp_path / temporary_name("run_1_a.yaml")  # another file's temporary: not this module's
+    killed.write_bytes(b"x")
+    other.write_bytes(b"x")
+    assert cleanup_temp_files(tmp_path) == [killed]
+    assert not killed.exists() and other.exists()

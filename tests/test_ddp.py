@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from toy_task import ToyLoader, make_sequences
 
-from iluvattnshun.checkpoint import load_checkpoint
+from iluvattnshun.checkpoint import read_checkpoint
 from iluvattnshun.rundir import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,9 +65,9 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     assert os.listdir(logdir) == ["run_1_ddp"]
     run_dir = logdir / "run_1_ddp"
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt_00000012.pt"]
-    state = load_checkpoint(run_dir / "ckpt_00000012.pt")
-    assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["progress"]["samples_seen"] == 12 * 16 * 2  # global samples: both ranks' batches
+    state = read_checkpoint(run_dir / "ckpt_00000012.pt")
+    assert state.world_size == 2 and len(state.rng) == 2
+    assert state.progress.samples_seen == 12 * 16 * 2  # global samples: both ranks' batches
 
     # losses logged once: one console frame and one TensorBoard point per step
     assert proc.stdout.count("TRAIN |") == 12
@@ -82,7 +82,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     p1 = torch.load(tmp_path / "params_1.pt", weights_only=True)
     for k in p0:
         assert torch.equal(p0[k], p1[k]), k
-        assert torch.equal(p0[k], state["model"][k]), k
+        assert torch.equal(p0[k], state.model[k]), k
 
     # resume with both ranks (each restores its own RNG stream and data position)
     resume = [*cmd, "--resume", "--max_steps=16"]
@@ -93,7 +93,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     p0 = torch.load(tmp_path / "params_0.pt", weights_only=True)
     p1 = torch.load(tmp_path / "params_1.pt", weights_only=True)
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
-    assert not all(torch.equal(p0[k], state["model"][k]) for k in p0)  # it trained further
+    assert not all(torch.equal(p0[k], state.model[k]) for k in p0)  # it trained further
 
 
 @pytest.mark.cuda
@@ -112,10 +112,10 @@ def test_torchrun_two_gpus_nccl(tmp_path: Path) -> None:
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = load_checkpoint(tmp_path / "logs" / "run_1_nccl" / "ckpt_00000012.pt")
-    assert state["world_size"] == 2 and state["progress"]["samples_seen"] == 12 * 16 * 2
+    state = read_checkpoint(tmp_path / "logs" / "run_1_nccl" / "ckpt_00000012.pt")
+    assert state.world_size == 2 and state.progress.samples_seen == 12 * 16 * 2
     p0 = torch.load(tmp_path / "params_0.pt", weights_only=True)
     p1 = torch.load(tmp_path / "params_1.pt", weights_only=True)
     for k in p0:  # each rank on its own GPU, gradients all-reduced over NCCL: identical weights
         assert torch.equal(p0[k], p1[k]), k
-        assert torch.equal(p0[k].cpu(), state["model"][k].cpu()), k
+        assert torch.equal(p0[k].cpu(), state.model[k].cpu()), k

@@ -113,6 +113,7 @@ def test_weights_state_sees_a_step_a_load_a_replacement_and_a_move() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compiled_decoder_on_cuda_decodes_the_general_paths_tokens() -> None:
+    # Its CPU twin: test_compiled_decoder_matches_the_eager_step_and_refuses_what_it_cannot_serve.
     torch.manual_seed(0)
     model = MultilayerTransformer(39, dim_model=64, num_heads=4, num_layers=2).cuda().eval()
     prompt = torch.randint(0, 39, (1, 8), device="cuda")

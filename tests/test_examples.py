@@ -1,5 +1,6 @@
 """End to end: each example trains a few steps, evaluates, checkpoints and reloads; the notebook runs headless."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from iluvattnshun import load_run
+from iluvattnshun.checkpoint import read_checkpoint, write_checkpoint
 from iluvattnshun.nn import MultilayerTransformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +86,7 @@ def test_load_run_of_a_plain_script_uses_its_snapshot_only_when_trusted(tmp_path
         load_run(tmp_path / "logs" / "run_1_script")
     config, model, prompter, trainer, state, _ = load_run(tmp_path / "logs" / "run_1_script", trust_code=True)
     assert type(prompter).__name__ == "EvenPrompter" and trainer is None
-    assert state["progress"]["step"] == 12 and torch.equal(
-        model.state_dict()["unembed.weight"], state["model"]["unembed.weight"]
-    )
+    assert state.step == 12 and torch.equal(model.state_dict()["unembed.weight"], state.model["unembed.weight"])
 
 
 def test_load_run_never_imports_code_a_checkpoint_names_from_run_folders_or_made_up(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_load_run_never_imports_code_a_checkpoint_names_from_run_folders_or_made
         os.chdir(cwd)
     run_dir = tmp_path / "logs" / "run_1_x"
     (ckpt,) = run_dir.glob("ckpt_*.pt")
-    state = torch.load(ckpt, weights_only=True)
+    state = read_checkpoint(ckpt)
     evil = "import pathlib; pathlib.Path('MARKER').write_text('ran')\nclass ToyConfig: pass\n"
     (run_dir / "run_1_x.py").write_text(evil + (run_dir / "run_1_x.py").read_text())
     (run_dir / "planted.py").write_text(evil)
@@ -125,14 +125,14 @@ def test_load_run_never_imports_code_a_checkpoint_names_from_run_folders_or_made
     }
     for recorded, expected in cases.items():
         config_path, _, prompter = recorded.partition(" prompter=")
-        classes = {**state["classes"], "config": config_path, **({"prompter": prompter} if prompter else {})}
-        torch.save({**state, "classes": classes}, ckpt)
+        classes = {**state.classes, "config": config_path, **({"prompter": prompter} if prompter else {})}
+        write_checkpoint(ckpt, dataclasses.replace(state, classes=classes))
         proc = subprocess.run(
             [sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
         )
         assert proc.returncode != 0 and expected in proc.stderr, (recorded, proc.stderr[-1500:])
         assert "Zen of Python" not in proc.stdout and not (tmp_path / "MARKER").exists(), recorded
-    torch.save(state, ckpt)
+    write_checkpoint(ckpt, state)
     proc = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1500:]
 
@@ -160,7 +160,7 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     assert image.width > 0 and image.height > 0 and len(events.Images("val/attention")) == len(tags["val/loss"])
 
     config, model, prompter, trainer, state, path = load_run(run_dir)
-    assert path.name == "ckpt_00000012.pt" and state["progress"]["step"] == 12
+    assert path.name == "ckpt_00000012.pt" and state.step == 12
     assert type(config).__name__.lower().startswith(task.replace("_", ""))
     assert config.num_layers == 2 and isinstance(model, MultilayerTransformer) and not model.training
     assert (model.unembed.weight is model.token_embedding.weight) == config.tie_weights  # var_eval's quick ties
@@ -170,7 +170,7 @@ def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Pa
     assert logits.shape == (1, len(prompt), prompter.vocab_size)
     # Reloaded weights are the trained ones, not a fresh initialisation; no trainer was needed.
     assert trainer is None
-    fresh = MultilayerTransformer(**state["model_kwargs"])
+    fresh = MultilayerTransformer(**(state.model_kwargs or {}))
     assert not torch.equal(fresh.state_dict()["unembed.weight"], model.state_dict()["unembed.weight"])
 
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from devices import devices, needs_cuda
 from toy_task import ToyConfig, ToyTrainer
 
-from iluvattnshun.checkpoint import load_checkpoint
+from iluvattnshun.checkpoint import read_checkpoint
 from iluvattnshun.rundir import list_checkpoints
 from iluvattnshun.config import config_from_yaml_string, load_config_from_yaml
-from iluvattnshun import rundir
+from iluvattnshun import load_run, rundir
 from iluvattnshun.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,15 +112,25 @@ def test_loss_falls_run_dir_tensorboard_checkpoint(tmp_path: Path, capsys: pytes
     assert "\x1b[" not in out and "tokens_per_s" in out and "eta: " in out
 
     # checkpoint contents, loadable with weights_only
-    state = load_checkpoint(run_dir / "ckpt_00000040.pt")
-    progress = state["progress"]
-    assert progress["step"] == 40 and progress["samples_seen"] == 40 * 32 and progress["tokens_seen"] == 40 * 32 * 12
-    assert (progress["epoch"], progress["batch_idx"]) == (4, 8)
-    assert state["classes"] == {"config": "toy_task:ToyConfig", "trainer": "toy_task:ToyTrainer"}
-    assert state["scheduler"] is not None and len(state["rng"]) == 1
-    assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
-    assert "lr: 0.003" in state["config"]
-    assert_same_state(state["model"], trainer.model.state_dict())
+    state = read_checkpoint(run_dir / "ckpt_00000040.pt")
+    progress = state.progress
+    assert progress.step == 40 and progress.samples_seen == 40 * 32 and progress.tokens_seen == 40 * 32 * 12
+    assert (progress.epoch, progress.batch_idx) == (4, 8)
+    assert state.classes == {"config": "toy_task:ToyConfig", "trainer": "toy_task:ToyTrainer"}
+    assert state.scheduler is not None and len(state.rng) == 1
+    assert set(state.rng[0]) == {"python", "numpy", "torch", "cuda"}
+    assert "lr: 0.003" in state.config
+    assert_same_state(state.model, trainer.model.state_dict())
+
+
+def test_load_run_leaves_the_callers_random_streams_alone(tmp_path: Path) -> None:
+    trainer = train(make_config(tmp_path, max_steps=2))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    loaded = load_run(trainer.run_dir or "")
+    assert torch.equal(torch.rand(3), expected)
+    assert_same_state(loaded.model.state_dict(), trainer.model.state_dict())  # the saved weights, not fresh draws
 
 
 @pytest.mark.parametrize("loader_skip, grad_accum_steps", [(True, 1), (False, 2)])
@@ -127,8 +138,8 @@ def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool,
     """11 steps + resume + 11 more == 22 straight (exactly), with the split in the middle of an epoch."""
     kw = dict(loader_skip=loader_skip, grad_accum_steps=grad_accum_steps)
     first = train(make_config(tmp_path, max_steps=11, run_name="split", **kw))
-    state = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000011.pt")
-    assert state["progress"]["batch_idx"] not in (0, 8)  # 8 micro-batches per epoch: the split is mid-epoch
+    state = read_checkpoint(Path(first.run_dir or "") / "ckpt_00000011.pt")
+    assert state.progress.batch_idx not in (0, 8)  # 8 micro-batches per epoch: the split is mid-epoch
 
     resumed = train(make_config(tmp_path, max_steps=22, resume=True, run_name=first.run_dir, **kw))
     assert resumed.run_dir == first.run_dir
@@ -148,7 +159,7 @@ def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool,
     # the recorded config reproduces the run (no "resume" of a path), with the budget of the resumed session
     recorded = load_config_from_yaml(str(Path(first.run_dir or "") / "run_1_split.yaml"), ToyConfig)
     assert recorded == make_config(tmp_path, max_steps=22, run_name="split", compile=False, precision="fp32", **kw)
-    ckpt_config = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000022.pt")["config"]
+    ckpt_config = read_checkpoint(Path(first.run_dir or "") / "ckpt_00000022.pt").config
     assert config_from_yaml_string(ckpt_config, ToyConfig) == recorded
     # both checkpoints in the resumed run directory, the TensorBoard curve continues at step 12
     assert [p.name for p in list_checkpoints(first.run_dir or "")] == ["ckpt_00000011.pt", "ckpt_00000022.pt"]
@@ -223,9 +234,9 @@ def test_nonfinite_loss_stops_after_saving_last_good_state(tmp_path: Path) -> No
     trainer = NaNAt(make_config(tmp_path, max_steps=10))
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\).*step 5.*ckpt_00000004.pt"):
         trainer.run()
-    state = load_checkpoint(Path(trainer.run_dir or "") / "ckpt_00000004.pt")
-    assert state["progress"]["step"] == 4
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    state = read_checkpoint(Path(trainer.run_dir or "") / "ckpt_00000004.pt")
+    assert state.step == 4
+    assert all(torch.isfinite(v).all() for v in state.model.values())
 
 
 def test_nonfinite_loss_skipped_when_configured(tmp_path: Path) -> None:
@@ -367,8 +378,8 @@ def test_budgets(tmp_path: Path) -> None:
     timed = train(make_config(tmp_path, max_steps=None, max_minutes=0.3 / 60, step_sleep=0.02))
     assert 1 <= timed.progress.step < 50
     assert 0.3 <= timed.progress.train_time_s < 30
-    state = load_checkpoint(list_checkpoints(timed.run_dir or "")[-1])
-    assert state["progress"]["train_time_s"] >= 0.3
+    state = read_checkpoint(list_checkpoints(timed.run_dir or "")[-1])
+    assert state.progress.train_time_s >= 0.3
 
 
 def test_overwrite_existing_checkpoints_keeps_only_the_newest(tmp_path: Path) -> None:
@@ -453,7 +464,7 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     ckpts = list_checkpoints(run_dir)
     last_step = int(re.findall(r"\d+", ckpts[-1].name)[0])
     for ckpt in ckpts:  # every checkpoint left behind is complete
-        assert load_checkpoint(ckpt)["progress"]["step"] == int(re.findall(r"\d+", ckpt.name)[0])
+        assert read_checkpoint(ckpt).step == int(re.findall(r"\d+", ckpt.name)[0])
 
     target = last_step + 5
     resumed = subprocess.run(
@@ -466,7 +477,7 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {ckpts[-1]} at step {last_step:,}" in resumed.stdout  # lost only unsaved work
-    assert load_checkpoint(run_dir / f"ckpt_{target:08d}.pt")["progress"]["step"] == target
+    assert read_checkpoint(run_dir / f"ckpt_{target:08d}.pt").step == target
     assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
 
 
@@ -487,34 +498,29 @@ def test_compile_on_cpu(tmp_path: Path) -> None:
     compiled = train(make_config(tmp_path, max_steps=3, dropout=0.0, compile=True))
     for k, v in eager.model.state_dict().items():
         torch.testing.assert_close(compiled.model.state_dict()[k], v, rtol=1e-4, atol=1e-5)
-    state = load_checkpoint(list_checkpoints(compiled.run_dir or "")[-1])
-    assert not any(k.startswith("_orig_mod.") for k in state["model"])  # plain module names
+    state = read_checkpoint(list_checkpoints(compiled.run_dir or "")[-1])
+    assert not any(k.startswith("_orig_mod.") for k in state.model)  # plain module names
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.mark.cuda
-@needs_cuda
-def test_cuda_bf16_compile_learns_and_resumes(tmp_path: Path) -> None:
-    kw: dict[str, Any] = dict(device="cuda", precision="bf16", compile=True, eval_every_n_samples=640)
+@pytest.mark.parametrize("device", devices(pytest.mark.slow))  # on the CPU, compiling takes a minute
+def test_bf16_compile_learns_and_resumes(tmp_path: Path, device: str) -> None:
+    kw: dict[str, Any] = dict(device=device, precision="bf16", compile=True, eval_every_n_samples=640)
     first = train(make_config(tmp_path, max_steps=40, run_name="gpu", **kw))
     val_loss = scalars(first.run_dir or "", "val/loss")
     assert val_loss[-1][1] < 0.5 * val_loss[0][1]
-    assert next(first.model.parameters()).device.type == "cuda"
-    state = load_checkpoint(Path(first.run_dir or "") / "ckpt_00000040.pt")
-    assert len(state["rng"][0]["cuda"]) >= 1
+    assert next(first.model.parameters()).device.type == device
+    state = read_checkpoint(Path(first.run_dir or "") / "ckpt_00000040.pt")
+    assert len(state.rng[0]["cuda"]) >= (1 if device == "cuda" else 0)
     resumed = train(make_config(tmp_path, max_steps=50, resume=True, run_name=first.run_dir, **kw))
     assert resumed.progress.step == 50
-    assert load_checkpoint(Path(first.run_dir or "") / "ckpt_00000050.pt")["step"] == 50
+    assert read_checkpoint(Path(first.run_dir or "") / "ckpt_00000050.pt").step == 50
 
 
-@pytest.mark.cuda
-@needs_cuda
-def test_cuda_resume_matches_straight_run(tmp_path: Path) -> None:
-    first = train(make_config(tmp_path, max_steps=11, device="cuda", run_name="split"))
-    resumed = train(make_config(tmp_path, max_steps=22, device="cuda", resume=True, run_name=first.run_dir))
-    straight = train(make_config(tmp_path, max_steps=22, device="cuda", run_name="straight"))
+@pytest.mark.parametrize("device", devices())
+def test_resume_matches_straight_run_on_each_device(tmp_path: Path, device: str) -> None:
+    first = train(make_config(tmp_path, max_steps=11, device=device, run_name="split"))
+    resumed = train(make_config(tmp_path, max_steps=22, device=device, resume=True, run_name=first.run_dir))
+    straight = train(make_config(tmp_path, max_steps=22, device=device, run_name="straight"))
     for k, v in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
 
@@ -522,6 +528,7 @@ def test_cuda_resume_matches_straight_run(tmp_path: Path) -> None:
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_nonfinite_detected_without_per_step_sync(tmp_path: Path) -> None:
+    # GPU only: on the CPU every step checks at once (test_nonfinite_loss_stops_after_saving_last_good_state).
     trainer = NaNAt(make_config(tmp_path, max_steps=20, device="cuda", log_every_n_seconds=0))
     with pytest.raises(NonFiniteLossError, match="no longer finite"):
         trainer.run()

@@ -304,14 +304,14 @@ def evaluate(run: rundir.RunDir, config: DepthLawConfig) -> dict[str, Any]:
     for layout, bind_first in LAYOUTS.items():
         test = dataclasses.replace(task, num_renames=renames, min_renames=0, bind_first=bind_first, mix_layouts=False)
         layouts[layout] = score(model, VarRenamePrompter(test), config)
-    progress = loaded.checkpoint["progress"]
+    progress = loaded.checkpoint.progress
     return {
         "run": run.base,
         "layers": task.num_layers,
         "heads": task.num_heads,
         "seed": task.seed,
-        "steps": progress["step"],
-        "minutes": progress["train_time_s"] / 60,
+        "steps": progress.step,
+        "minutes": progress.train_time_s / 60,
         "chance": 1 / task.num_chains,
         "layouts": layouts,
     }
