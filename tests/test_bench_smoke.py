@@ -61,7 +61,9 @@ def test_timed_loader_stamps_each_batch_once_across_epochs() -> None:
     assert timed.stamps == sorted(timed.stamps)
     assert synced == [0, 4]
     window = timed.window(1, 4)
-    assert window.step_s > 0 and window.median_step_s > 0 and window.wait_s >= 0
+    assert window.step_s > 0 and window.median_step_s > 0
+    # per step: the mean of the window's own three waits
+    assert window.wait_s == pytest.approx(sum(timed.waits[1:4]) / 3) and all(w > 0 for w in timed.waits)
 
 
 def test_timed_loader_has_no_length_where_the_loader_has_none() -> None:

@@ -1,7 +1,9 @@
 """Training batches: ArrayLoader (epochs, shards, resume), StreamingDataset (disjoint streams), WaitTimer."""
 
 import itertools
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -90,8 +92,13 @@ def test_from_dataset_keeps_dtypes_and_rows(tmp_path: Path) -> None:
 
 
 def test_wait_timer_counts_waits() -> None:
-    timer = WaitTimer(range(5))
-    assert list(timer) == [0, 1, 2, 3, 4] and timer.batches == 5 and timer.wait_s >= 0
+    def slow() -> Iterator[int]:
+        for i in range(5):
+            time.sleep(0.01)  # the time a consumer waits for each item
+            yield i
+
+    timer = WaitTimer(slow())
+    assert list(timer) == [0, 1, 2, 3, 4] and timer.batches == 5 and timer.wait_s >= 0.05
     timer.reset()
     assert timer.batches == 0 and timer.wait_s == 0
 
