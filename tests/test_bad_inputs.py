@@ -93,6 +93,8 @@ CASES = [
     Case("run name too long for a file name", lambda d: [*tiny(d), "--run_name=" + "x" * 230], "run_name"),
     Case("a GPU that is not there", lambda d: [*tiny(d)[:-1], "--device=cuda:63"], "device"),
     Case("empty sample prompt", lambda d: [*shakespeare(d), "--sample_prompt="], "sample_prompt", task="shakespeare"),
+    Case("qk_norm not a bool", lambda d: [*tiny(d), "--qk_norm=maybe"], "qk_norm"),
+    Case("mixed layouts with too few renames", lambda d: [*tiny(d), "--mix_layouts", "--bind_first=false", "--num_chains=4", "--num_renames=3"], "num_renames"),
     Case("binary text file", lambda d: [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={d / 'bin.txt'}"], "bin.txt is not UTF-8", task="shakespeare", prepare=lambda d: (d / "bin.txt").write_bytes(bytes(range(256)) * 20)),
 ]  # fmt: skip
 

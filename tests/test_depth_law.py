@@ -102,6 +102,9 @@ def test_missing_tmux_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
     [
         (["--out=/proc/iluvattnshun/law"], "out: cannot write to '/proc/iluvattnshun/law'"),
         (["--extra=--lr=-1"], "rejected before launch: lr must be a finite number > 0"),
+        (["--seeds=0"], "seeds must be in 1..100"),
+        (["--gpus=0,x"], "gpus must be auto, cpu or GPU ids"),
+        (["--extra=--qk_norm=maybe"], "qk_norm"),
     ],
 )
 def test_unwritable_out_and_bad_run_flags_stop_before_anything_is_written(
