@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--out", default="results/bench_plateau.jsonl", help="finished runs, one JSON line each")
     parser.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
+    parser.add_argument("--report_only", action="store_true", help="the table from --out's runs; train nothing")
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -225,7 +226,7 @@ def main() -> None:
         if r.get("max_steps", 0) >= args.max_steps and r.get("eval_every") == args.eval_every
     ]
     have = {(r["variant"], r["seed"]) for r in done}
-    todo = [(v, s) for s in range(args.seeds) for v in variants if (v, s) not in have]
+    todo = [] if args.report_only else [(v, s) for s in range(args.seeds) for v in variants if (v, s) not in have]
     with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn"), initializer=worker_init) as pool:
         futures = [pool.submit(run_one, v, s, args.max_steps, args.eval_every, args.eval_prompts) for v, s in todo]
         for future in futures:
