@@ -306,3 +306,35 @@ def test_return_xs_has_embedding_and_every_layer() -> None:
 def test_constructor_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match="divisible"):
         MultilayerTransformer(vocab_size=10, d_model=30, n_heads=4)
+
+
+def test_qk_norm_fast_explicit_decoder_and_optimiser_agree() -> None:
+    # QK-norm: both attention paths and the decoder's one-token step give the same logits; the gain is a norm
+    # gain (ones at init, not weight-decayed) and it matters (a changed gain changes the output).
+    from iluvattnshun.decode import Decoder
+    from iluvattnshun.optim import OptimConfig, build_optimizer
+
+    torch.manual_seed(0)
+    model = MultilayerTransformer(20, dim_model=32, num_heads=2, num_layers=2, qk_norm=True, dropout_attn=0.0,
+                                  dropout_mlp=0.0, dropout_emb=0.0).eval()  # fmt: skip
+    gains = [layer.attn.qk_gain for layer in model.layers]
+    assert all(g is not None and g.shape == (32,) and bool((g == 1).all()) for g in gains)
+    with torch.no_grad():
+        for g in gains:
+            g.uniform_(0.5, 2.0)
+    x = torch.randint(0, 20, (2, 12))
+    fast = model(x).logits
+    torch.testing.assert_close(model(x, return_attn_weights=True).logits, fast, atol=1e-5, rtol=1e-5)
+    decoder = Decoder(model, batch_size=2, capacity=12)
+    decoder.prefill(x[:, :6])
+    for t in range(6, 12):
+        torch.testing.assert_close(decoder.step(x[:, t].contiguous(), t), fast[:, t], atol=1e-5, rtol=1e-5)
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=0.1), torch.device("cpu"))
+    no_decay = next(g for g in optimizer.param_groups if g["weight_decay"] == 0.0)["params"]
+    assert all(any(p is g for p in no_decay) for g in gains)
+    with torch.no_grad():
+        gains[0].mul_(3.0)
+    assert not torch.allclose(model(x).logits, fast)
+    assert (
+        "qk_norm" in model.init_kwargs and MultilayerTransformer(**model.init_kwargs).layers[0].attn.qk_gain is not None
+    )
