@@ -85,8 +85,52 @@ class RotaryEmbedding(nn.Module):
         seq_len = x.shape[-2]
         cos, sin = self.tables(offset + seq_len, x.device, x.dtype)
         cos, sin = cos[offset:], sin[offset:]  # (T, D)
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat([x2, x1], dim=-1) * sin
+        return rotate(x, cos, sin)
+
+    def rotate_tokens_first(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate ``x`` of shape (B, T, ..., head_dim), positions along dim 1, as if its first were ``offset``.
+
+        This is the qkv projection's own layout: rotating there, before the heads are moved in front of the
+        positions, keeps every tensor dense and the moves free views (the same numbers as ``forward``).
+        """
+        seq_len = x.shape[1]
+        cos, sin = self.tables(offset + seq_len, x.device, x.dtype)
+        table_shape = (seq_len,) + (1,) * (x.dim() - 3) + (self.head_dim,)
+        cos, sin = cos[offset:].view(table_shape), sin[offset:].view(table_shape)  # (T, 1, ..., D)
+        return rotate(x, cos, sin)
+
+
+class _Rotate(torch.autograd.Function):
+    """``x * cos + cat(x2, x1) * sin`` (rotate-half RoPE, its sign folded into ``sin``) without the cat.
+
+    Each half of the output takes the other half's product in place, forward and backward: the same roundings in
+    the same order as the plain expression (bitwise the same numbers), in fewer kernels and a single autograd node.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        h = x.shape[-1] // 2
+        out = x * cos
+        out[..., :h] += x[..., h:] * sin[..., :h]
+        out[..., h:] += x[..., :h] * sin[..., h:]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        h = grad.shape[-1] // 2
+        grad_sin = grad * sin  # the rotation's transpose is the same swap of halves
+        grad_x = grad * cos
+        grad_x[..., :h] += grad_sin[..., h:]
+        grad_x[..., h:] += grad_sin[..., :h]
+        return grad_x, None, None
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of ``x`` (..., D) with (cos, sin) tables broadcastable to it, as ``RotaryEmbedding.tables`` makes them."""
+    out: torch.Tensor = _Rotate.apply(x, cos, sin)  # type: ignore[no-untyped-call]
+    return out
 
 
 class KVCache:
@@ -229,12 +273,14 @@ class Attention(_Hookable):
         """
         B, T, C = x.shape
         offset = kv_cache.length if kv_cache is not None else 0
-        qkv = self.qkv_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        qk, v = qkv.split([2, 1])  # (2, B, H, T, D), (1, B, H, T, D)
+        qkv = self.qkv_proj(x).view(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
+        qk, v = qkv.split([2, 1], dim=2)  # (B, T, 2, H, D), (B, T, 1, H, D): one node, its backward one cat
         if self.qk_gain is not None:
-            qk = F.rms_norm(qk, (self.head_dim,)) * self.qk_gain.view(2, 1, 1, 1, self.head_dim)  # (2, B, H, T, D)
-        q, k = self.rotary(qk, offset=offset).unbind(0)  # one rotation for q and k together
-        q, k, v = self._hook("q", q), self._hook("k", k), self._hook("v", v[0])
+            qk = F.rms_norm(qk, (self.head_dim,)) * self.qk_gain.view(2, 1, self.head_dim)  # (B, T, 2, H, D)
+        # One rotation for q and k together, in the projection's layout; moving the heads forward is then a view.
+        q, k = self.rotary.rotate_tokens_first(qk, offset).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, D)
+        v = v.squeeze(2).transpose(1, 2)  # (B, H, T, D)
+        q, k, v = self._hook("q", q), self._hook("k", k), self._hook("v", v)
         if kv_cache is not None:
             k, v = kv_cache.write(self.layer_idx, k, v)  # (B, H, S, D)
         S = k.shape[2]
@@ -332,9 +378,14 @@ class TransformerLayer(_Hookable):
         attn_out, weights = self.attn(
             self.norm_attn(x), kv_cache=kv_cache, attn_mask=attn_mask, return_attn_weights=return_attn_weights
         )
-        x = self._hook("resid_mid", x + self.dropout_attn(attn_out))
-        x = x + self.dropout_mlp(self.mlp(self.norm_mlp(x)))
+        x = self._hook("resid_mid", x + dropout(self.dropout_attn, attn_out))
+        x = x + dropout(self.dropout_mlp, self.mlp(self.norm_mlp(x)))
         return self._hook("resid_post", x), weights
+
+
+def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, skipped where it is the identity (evaluation, or p = 0: the CPU recipes' default)."""
+    return module(x) if module.training and module.p > 0 else x
 
 
 class ModelOutput(NamedTuple):
@@ -470,9 +521,11 @@ class MultilayerTransformer(_Hookable):
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(x.shape)}")
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise ValueError(f"token ids must be integers, got {x.dtype}")
-        if x.device.type == "cpu" and x.numel() and not 0 <= int(x.min()) <= int(x.max()) < self.vocab_size:
+        if x.device.type == "cpu" and x.numel():
             # (on a GPU the check would cost a sync per forward; the embedding asserts there instead)
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {int(x.min())}..{int(x.max())}")
+            lo, hi = (int(v) for v in torch.aminmax(x))  # one pass over the ids
+            if not 0 <= lo <= hi < self.vocab_size:
+                raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {lo}..{hi}")
         if kv_cache is not None and len(kv_cache.keys) != self.num_layers:
             raise ValueError(
                 f"the KV cache has {len(kv_cache.keys)} layers, this model {self.num_layers}: it comes from another model"
@@ -485,7 +538,7 @@ class MultilayerTransformer(_Hookable):
             kv_cache.reserve(offset + T)
         attn_mask = causal_mask(T, offset + T, x.device, key_padding_mask)  # built once, shared by all layers
 
-        h = self._hook("embed", self.dropout_emb(self.token_embedding(x)))  # (B, T, C)
+        h = self._hook("embed", dropout(self.dropout_emb, self.token_embedding(x)))  # (B, T, C)
         xs = [h] if return_xs else []
         attn_weights: list[torch.Tensor] = []
         for layer in self.layers:
