@@ -20,6 +20,7 @@ timeout 90 python3 -m bench.bench_nn --device cuda --repeats 3 > "$out/bench_nn_
 shakespeare=${ILUVATTNSHUN_SHAKESPEARE:-.whl/shakespeare.txt}
 timeout 240 python3 -m bench.bench_train --device cuda --shakespeare_path="$shakespeare" > "$out/bench_train_cuda.txt" 2>&1
 timeout 180 python3 -m bench.bench_decode --device cuda --batches 1,32 --repeats 3 > "$out/bench_decode_cuda.txt" 2>&1
-timeout 240 python3 -m bench.bench_sweep --device cuda --runs 1,8 --minutes 1 --repeats 1 > "$out/bench_sweep_cuda.txt" 2>&1
+timeout 300 python3 -m bench.bench_sweep --device cuda --runs 1,4,8 --minutes 1 --repeats 1 > "$out/bench_sweep_cuda.txt" 2>&1
+timeout 180 python3 -m bench.bench_nanogpt --device cuda --threads 0 --shapes quick,small,paper > "$out/bench_nanogpt_cuda.txt" 2>&1
 timeout 240 python3 -m pytest -m cuda -q -p no:cacheprovider > "$out/cuda_tests.txt" 2>&1
 tail -n 3 "$out/cuda_tests.txt"
