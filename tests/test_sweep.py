@@ -455,3 +455,18 @@ def test_concurrent_runs_benchmark_launches_through_the_launcher_and_reports_the
         assert tokens == pytest.approx(steps * 64 * 32, rel=0.05)  # the quick preset: batch 64 x 32 tokens
     assert rows[0].endswith("| 1.00x |")
     assert "bench_sweep_" not in tmux("ls").stdout
+
+
+@pytest.mark.parametrize(
+    "content", ['{"runs": [{"index": "x"}]}', '{"launched_at": 1}', '{"runs": [{"index": 0}], "launched_at": "y"}']
+)
+def test_a_sweep_record_that_is_not_one_stops_summarize_and_wait_with_one_line(tmp_path: Path, content: str) -> None:
+    rdir = sweep.record_dir(tmp_path, "s")
+    rdir.mkdir(parents=True)
+    (rdir / "sweep.json").write_text(content)
+    for command in (["summarize", str(tmp_path), "--prefix", "s"], ["wait", str(tmp_path), "--prefix", "s"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "iluvattnshun.sweep", *command], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("error: ") and "is not a sweep record" in proc.stderr

@@ -43,12 +43,24 @@ def status_path(rdir: Path, index: int) -> Path:
 
 
 def read_record(rdir: Path) -> dict[str, Any] | None:
-    """The ``sweep.json`` in ``rdir``, or None when there is none (or it is unreadable)."""
+    """The ``sweep.json`` in ``rdir``, or None when there is none (or it is unreadable).
+
+    Raises:
+        SweepError: when it is JSON but not a sweep record (its runs and their integer indices, a numeric launch time).
+    """
+    path = rdir / "sweep.json"
     try:
-        record = json.loads((rdir / "sweep.json").read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    runs = record.get("runs") if isinstance(record, dict) else None
+    if (
+        not isinstance(runs, list)
+        or not all(isinstance(r, dict) and type(r.get("index")) is int for r in runs)
+        or not isinstance(record.get("launched_at", 0), (int, float))
+    ):
+        raise SweepError(f"{path} is not a sweep record (it needs runs with integer indices); relaunch the sweep")
+    return record
 
 
 def read_status(rdir: Path, index: int) -> int | None:
