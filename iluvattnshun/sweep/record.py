@@ -60,7 +60,8 @@ def read_record(rdir: Path) -> dict[str, Any] | None:
         or not isinstance(record.get("launched_at", 0), (int, float))
     ):
         raise SweepError(f"{path} is not a sweep record (it needs runs with integer indices); relaunch the sweep")
-    return record
+    checked: dict[str, Any] = record
+    return checked
 
 
 def read_status(rdir: Path, index: int) -> int | None:
