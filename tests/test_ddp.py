@@ -85,7 +85,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
         assert torch.equal(p0[k], state.model[k]), k
 
     # resume with both ranks (each restores its own RNG stream and data position)
-    resume = [*cmd, "--resume", "--max_steps=16"]
+    resume = [*(a for a in cmd if not a.startswith("--max_steps=")), "--resume", "--max_steps=16"]
     proc = subprocess.run(resume, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and os.listdir(logdir) == ["run_1_ddp"]
