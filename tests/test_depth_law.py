@@ -64,7 +64,7 @@ def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path
     # Results again from the existing checkpoints; another experiment in the same folder is refused.
     again = depth_law([*args, "--results_only"], tmp_path)
     assert again.returncode == 0 and "reach 90%, original" in again.stdout
-    other = depth_law([*args[:-1], "--eval_prompts=61", tiny], tmp_path)
+    other = depth_law([a if a != "--eval_prompts=60" else "--eval_prompts=61" for a in args], tmp_path)
     assert other.returncode == 2 and "holds another experiment (it differs in eval)" in other.stderr
 
 
@@ -125,6 +125,7 @@ def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Pat
             "examples.var_rename.depth_law",
             "--scale=paper",
             f"--out={tmp_path / 'p'}",
+            "--seeds=2",
             "--dry_run",
         ],
         cwd=tmp_path,
@@ -135,9 +136,13 @@ def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 8 and all("--preset=paper" in line for line in lines)
-    grid = {(line.split("--num_layers=")[1].split()[0], line.split("--num_heads=")[1].split()[0]) for line in lines}
-    assert grid == {(str(n), str(h)) for n in (2, 3, 4, 5) for h in (1, 2)}
+    assert len(lines) == 16 and all("--preset=paper" in line for line in lines)
+
+    def flag(line: str, name: str) -> str:
+        return line.split(f"--{name}=")[1].split()[0]
+
+    grid = {(flag(line, "num_layers"), flag(line, "num_heads"), flag(line, "seed")) for line in lines}
+    assert grid == {(str(n), str(h), str(s)) for n in (2, 3, 4, 5) for h in (1, 2) for s in (0, 1)}
     assert {line.split()[0] for line in lines} == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}
     assert not (tmp_path / "p").exists()
 
