@@ -42,7 +42,13 @@ from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.optim import build_optimizer, build_scheduler
 from iluvattnshun.task import depth_reach
 
-SECTION = ("<!-- bench_plateau:start -->", "<!-- bench_plateau:end -->")
+
+def section(num_layers: int) -> tuple[str, str]:
+    """The RESULTS.md markers of one shape's table (3 layers: the original section)."""
+    name = "bench_plateau" if num_layers == SHAPE["num_layers"] else f"bench_plateau_{num_layers}L"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 SHAPE = {"num_layers": 3, "dim_model": 64, "num_heads": 4}
 EVAL_SEED = 1234
 
@@ -52,7 +58,7 @@ BASELINE = {"qk_norm": False, "mix_layouts": False, "renames_growth_steps": 3000
 every variant changes it in one place."""
 
 
-def config_of(variant: str) -> VarRenameConfig:
+def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameConfig:
     """The earlier depth recipe at the benchmark's shape, with a variant's config changes."""
     changes: dict[str, Any] = {
         "qk_norm": {"qk_norm": True},
@@ -60,8 +66,11 @@ def config_of(variant: str) -> VarRenameConfig:
         "warmup_1000": {"warmup_steps": 1000},
         "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
         "qk_norm+mixed_layouts": {"qk_norm": True, "mix_layouts": True},
+        "depth_recipe": {k: getattr(depth(), k) for k in BASELINE},
     }.get(variant, {})
-    return dataclasses.replace(depth(), **SHAPE, lr_decay="none", **{**BASELINE, **changes})
+    return dataclasses.replace(
+        depth(), **{**SHAPE, "num_layers": num_layers}, lr_decay="none", **{**BASELINE, **changes}
+    )
 
 
 def scale_queries(factor: float) -> Callable[[MultilayerTransformer], None]:
@@ -95,11 +104,13 @@ VARIANTS = [
     "warmup_1000",
     "qk_norm+lr_3e-3",
     "qk_norm+mixed_layouts",
+    "depth_recipe",
 ]
 """baseline: the depth recipe; qk_norm: ``--qk_norm``; temperature_0.5: scores x 2 (Hoffmann et al.'s softmax
 temperature); unscaled_init: residual projections at std 0.02; lr_3e-4, warmup_1000: the optimiser's schedule;
 depth_balanced: each target's loss weighted by 1 / (targets of its depth in the batch), so rare deep positions weigh
-as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``)."""
+as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``); depth_recipe: today's depth recipe
+(QK-norm, both layouts, the prompts growing every 1,000 steps)."""
 
 
 def loss_of(
@@ -134,11 +145,13 @@ def as_tensors(cols: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(cols[k].astype(np.int64)) for k in ("prompt", "answer", "depth")}
 
 
-def run_one(variant: str, seed: int, max_steps: int, eval_every: int, eval_prompts: int) -> dict[str, Any]:
+def run_one(
+    variant: str, seed: int, max_steps: int, eval_every: int, eval_prompts: int, num_layers: int
+) -> dict[str, Any]:
     """Train one (variant, seed) until both marks are passed or ``max_steps``; returns the marks and the last eval."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    config = config_of(variant)
+    config = config_of(variant, num_layers)
     prompter = VarRenamePrompter(config)
     mask = prompter.mask_token
     model = build_model(prompter.vocab_size, config)
@@ -148,7 +161,7 @@ def run_one(variant: str, seed: int, max_steps: int, eval_every: int, eval_promp
     scheduler = build_scheduler(optimizer, config, max_steps)
     rng = np.random.default_rng(seed)
     # Every variant is scored on the same prompts: the recipe's own layout (bind_first).
-    eval_prompter = VarRenamePrompter(config_of("baseline"))
+    eval_prompter = VarRenamePrompter(config_of("baseline", num_layers))
     eval_data = as_tensors(eval_prompter.sample_batch(np.random.default_rng(EVAL_SEED), eval_prompts))
     escape = reach4 = None
     accuracy: dict[int, float] = {}
@@ -172,6 +185,7 @@ def run_one(variant: str, seed: int, max_steps: int, eval_every: int, eval_promp
                 reach4 = step
     return {
         "variant": variant,
+        "num_layers": num_layers,
         "seed": seed,
         "escape": escape,
         "reach4": reach4,
@@ -213,6 +227,7 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=1500)
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--eval_prompts", type=int, default=300)
+    parser.add_argument("--num_layers", type=int, default=SHAPE["num_layers"], help="the shape's depth")
     parser.add_argument("--variants", default=",".join(VARIANTS[:6]), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--out", default="results/bench_plateau.jsonl", help="finished runs, one JSON line each")
@@ -230,12 +245,17 @@ def main() -> None:
     done = [
         {**r, **{k: r[k] if r[k] is not None and r[k] <= args.max_steps else None for k in ("escape", "reach4")}}
         for r in done
-        if r.get("max_steps", 0) >= args.max_steps and r.get("eval_every") == args.eval_every
+        if r.get("max_steps", 0) >= args.max_steps
+        and r.get("eval_every") == args.eval_every
+        and r.get("num_layers", SHAPE["num_layers"]) == args.num_layers
     ]
     have = {(r["variant"], r["seed"]) for r in done}
     todo = [] if args.report_only else [(v, s) for s in range(args.seeds) for v in variants if (v, s) not in have]
     with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn"), initializer=worker_init) as pool:
-        futures = [pool.submit(run_one, v, s, args.max_steps, args.eval_every, args.eval_prompts) for v, s in todo]
+        futures = [
+            pool.submit(run_one, v, s, args.max_steps, args.eval_every, args.eval_prompts, args.num_layers)
+            for v, s in todo
+        ]
         for future in futures:
             result = {**future.result(), "max_steps": args.max_steps, "eval_every": args.eval_every}
             done.append(result)
@@ -243,15 +263,16 @@ def main() -> None:
             with out.open("a") as f:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)
+    markers = section(args.num_layers)
     lines = [
-        SECTION[0],
+        markers[0],
         "## The first plateau of var_rename: steps to escape it, per recipe variant (`bench/bench_plateau.py`)",
         "",
         f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python -m bench.bench_plateau "
         f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every} --write` ({args.parallel} "
         f"runs at a time, one torch thread each).",
         "",
-        f"Depth recipe at {SHAPE['num_layers']} layers, d_model {SHAPE['dim_model']}, {SHAPE['num_heads']} heads, "
+        f"Depth recipe at {args.num_layers} layers, d_model {SHAPE['dim_model']}, {SHAPE['num_heads']} heads, "
         f"constant lr after warmup; fresh prompts of 2 chains x 8 renames (the curriculum's first stage); evaluated "
         f"every {args.eval_every} steps on {args.eval_prompts} fixed prompts of 64 renames. Escape: first step "
         f"with depth-1 accuracy >= 0.9; reach 4: first step with depth reach at 90% >= 4. Lower is better.",
@@ -260,9 +281,9 @@ def main() -> None:
         "(escape / reach 4) |",
         "|---|---:|---:|---:|---:|---:|---|",
         *summarise(done, variants, args.max_steps),
-        SECTION[1],
+        markers[1],
     ]
-    publish(lines, *SECTION, args.write)
+    publish(lines, *markers, args.write)
 
 
 if __name__ == "__main__":
