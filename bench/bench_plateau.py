@@ -53,7 +53,7 @@ SHAPE = {"num_layers": 3, "dim_model": 64, "num_heads": 4}
 EVAL_SEED = 1234
 
 
-BASELINE = {"qk_norm": False, "mix_layouts": False, "renames_growth_steps": 3000}
+BASELINE = {"qk_norm": False, "mix_layouts": False, "mix_layouts_from": 0, "renames_growth_steps": 3000}
 """The depth recipe as it was before this benchmark (one layout, no QK-norm, 8 renames for the first 3,000 steps):
 every variant changes it in one place."""
 
@@ -66,7 +66,8 @@ def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameC
         "warmup_1000": {"warmup_steps": 1000},
         "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
         "qk_norm+mixed_layouts": {"qk_norm": True, "mix_layouts": True},
-        "depth_recipe": {k: getattr(depth(), k) for k in BASELINE},
+        "depth_recipe": {k: getattr(depth(), k) for k in BASELINE} | {"mix_layouts_from": 0},
+        "layout_curriculum": {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from")},
     }.get(variant, {})
     return dataclasses.replace(
         depth(), **{**SHAPE, "num_layers": num_layers}, lr_decay="none", **{**BASELINE, **changes}
@@ -105,12 +106,14 @@ VARIANTS = [
     "qk_norm+lr_3e-3",
     "qk_norm+mixed_layouts",
     "depth_recipe",
+    "layout_curriculum",
 ]
 """baseline: the depth recipe; qk_norm: ``--qk_norm``; temperature_0.5: scores x 2 (Hoffmann et al.'s softmax
 temperature); unscaled_init: residual projections at std 0.02; lr_3e-4, warmup_1000: the optimiser's schedule;
 depth_balanced: each target's loss weighted by 1 / (targets of its depth in the batch), so rare deep positions weigh
-as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``); depth_recipe: today's depth recipe
-(QK-norm, both layouts, the prompts growing every 1,000 steps)."""
+as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``); depth_recipe: the depth recipe
+with both layouts mixed from the start (QK-norm, the prompts growing every 1,000 steps); layout_curriculum: the depth
+recipe as it is (bind_first only until step 1,000, then both layouts)."""
 
 
 def loss_of(

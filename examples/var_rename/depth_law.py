@@ -53,6 +53,9 @@ PREFIX = "law"
 CPU_STEPS = {1: 3000, 2: 4000, 3: 5000, 4: 5000}
 """Step budget per layer count on the CPU (the grid's wall time on 2 cores: examples/README.md)."""
 
+SCALE_LAYERS = {"cpu": tuple(CPU_STEPS), "paper": (2, 3, 4, 5)}
+"""The layer counts of each scale's grid (``--layers`` picks some of them)."""
+
 LAYOUTS = {"bind_first": True, "original": False}
 """The two chain layouts every model is scored on (``bind_first`` values); the original study's is the headline."""
 
@@ -100,8 +103,12 @@ class DepthLawConfig(Config):
     """tmux session of the grid."""
     budget: float = 1.0
     """Multiplies every model's step budget at the cpu scale (below 1 for a quick look, above 1 to go further)."""
+    layers: str = ""
+    """The layer counts to train, e.g. '3,4' (empty: every one of the scale's, 1-4 at cpu, 2-5 at paper)."""
     seeds: int = 3
     """Seeds per model (training seed and data seed): every one is a point on the reach figure."""
+    parallel: int = 0
+    """Runs at once on a CPU, runs per GPU on GPUs (0: one run per core, one per GPU)."""
     gpus: str = "auto"
     """auto: the visible GPUs (the paper scale needs one); cpu: CPU panes at either scale (a paper grid on a CPU is
     only for a toy override through --extra); or GPU ids, e.g. '0,1'."""
@@ -138,6 +145,14 @@ class DepthLawConfig(Config):
             raise ValueError(f"extra: {e}") from None
         if self.min_positions < 1:
             raise ValueError(f"min_positions must be >= 1, got {self.min_positions}")
+        scale_layers = SCALE_LAYERS[self.scale]
+        if self.layers and not set(self.layers.split(",")) <= {str(n) for n in scale_layers}:
+            raise ValueError(
+                f"layers must be layer counts of the {self.scale} scale ({','.join(map(str, scale_layers))}) "
+                f"separated by commas, got {self.layers[:40]!r}"
+            )
+        if self.parallel < 0:
+            raise ValueError(f"parallel must be >= 0 (0: one run per core or GPU), got {self.parallel}")
         if not 1 <= self.seeds <= 100:
             raise ValueError(f"seeds must be in 1..100, got {self.seeds}")
         if self.gpus not in ("auto", "cpu") and not all(g.isdigit() for g in self.gpus.split(",")):
@@ -169,8 +184,9 @@ def grid(config: DepthLawConfig) -> Grid:
     else:
         gpus = tuple(config.gpus.split(","))
     seeds = range(config.seeds)
+    layers = [n for n in SCALE_LAYERS[config.scale] if not config.layers or str(n) in config.layers.split(",")]
     if config.scale == "cpu":
-        steps = {n: max(1, round(s * config.budget)) for n, s in CPU_STEPS.items()}
+        steps = {n: max(1, round(CPU_STEPS[n] * config.budget)) for n in layers}
         runs = tuple(
             (("num_layers", str(n)), ("max_steps", str(s)), *seed_flags(seed))
             for seed in seeds
@@ -184,7 +200,7 @@ def grid(config: DepthLawConfig) -> Grid:
     runs = tuple(
         (("num_layers", str(n)), ("num_heads", str(h)), *seed_flags(seed))
         for seed in seeds
-        for n in (2, 3, 4, 5)
+        for n in layers
         for h in (1, 2)
     )
     return Grid(("--preset=paper", *extra), runs, gpus, None)
@@ -242,7 +258,8 @@ def launch_grid(config: DepthLawConfig, g: Grid, logdir: Path, resuming: bool) -
         [*run, ("resume", None)] if i in existing and existing[i].checkpoints() else list(run)
         for i, run in enumerate(g.runs)
     ]
-    runs = plan_runs(override_sets, PREFIX, list(g.gpus), costs=list(g.costs) if g.costs else None)
+    costs = list(g.costs) if g.costs else None
+    runs = plan_runs(override_sets, PREFIX, list(g.gpus), max_parallel=config.parallel or None, costs=costs)
     extra = [*g.extra, f"--tensorboard_logdir={logdir}"]
     cmd = f"{shlex.quote(sys.executable)} -m examples.var_rename"
     if config.dry_run:

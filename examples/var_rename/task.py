@@ -17,6 +17,7 @@ Metadata ``depth``: the chain's number of renames before this statement, for all
 
 import dataclasses
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,9 @@ class VarRenameConfig(PromptTaskConfig):
     mix_layouts: bool = False
     """Each prompt's layout drawn at random, half of them bind_first and half the original study's (overrides
     bind_first): a model trained on both holds its reach on either."""
+    mix_layouts_from: int = 0
+    """With --mix_layouts (and --streaming): the training step from which layouts are mixed; before it every
+    streamed prompt is bind_first (one layout leaves the first plateau sooner: bench/RESULTS.md)."""
 
     min_renames: int = 0
     """Length curriculum for streamed training prompts (--streaming): they start with this many renames and grow
@@ -59,7 +63,7 @@ class VarRenameConfig(PromptTaskConfig):
         return ["num_chains", "num_renames", "bind_first", *(["mix_layouts"] if self.mix_layouts else [])]
 
     def data_fields(self) -> list[str]:
-        return [*super().data_fields(), "min_renames", "renames_growth_steps"]
+        return [*super().data_fields(), "min_renames", "renames_growth_steps", "mix_layouts_from"]
 
     def renames_at(self, step: int) -> int:
         """Renames per streamed training prompt at ``step`` (the length curriculum)."""
@@ -89,6 +93,12 @@ class VarRenameConfig(PromptTaskConfig):
                 raise ValueError(f"min_renames must be in num_chains..num_renames, got {self.min_renames}")
         if self.renames_growth_steps < 1:
             raise ValueError(f"renames_growth_steps must be >= 1, got {self.renames_growth_steps}")
+        if self.mix_layouts_from < 0:
+            raise ValueError(f"mix_layouts_from must be >= 0, got {self.mix_layouts_from}")
+        if self.mix_layouts and self.mix_layouts_from and not self.streaming:
+            raise ValueError(
+                "mix_layouts_from (a layout curriculum) needs --streaming: the cached dataset has one mix of layouts"
+            )
         if (self.bind_first or self.mix_layouts) and self.num_renames < self.num_chains:
             raise ValueError(
                 f"num_renames ({self.num_renames}) must be >= num_chains ({self.num_chains}): the first "
@@ -109,10 +119,14 @@ class VarRenamePrompter(Prompter[VarRenameConfig]):
         return 4 * self.config.num_renames
 
     def at_step(self, step: int) -> "VarRenamePrompter":
+        """The prompter of training step ``step``: the curriculum's prompt length, one layout before the mix starts."""
+        changes: dict[str, Any] = {}
         renames = self.config.renames_at(step)
-        if renames == self.config.num_renames:
-            return self
-        return VarRenamePrompter(dataclasses.replace(self.config, num_renames=renames, min_renames=0))
+        if renames != self.config.num_renames:
+            changes.update(num_renames=renames, min_renames=0)
+        if self.config.mix_layouts and step < self.config.mix_layouts_from:
+            changes.update(mix_layouts=False, bind_first=True, mix_layouts_from=0)
+        return VarRenamePrompter(dataclasses.replace(self.config, **changes)) if changes else self
 
     def get_prompt(self, rng: np.random.Generator) -> tuple[str, str, dict[str, list[int]]]:
         """One prompt, its answer and per-character depths (the straightforward reference version)."""
@@ -210,6 +224,7 @@ def depth() -> VarRenameConfig:
         num_chains=2,
         num_renames=64,
         mix_layouts=True,  # both layouts: the reach holds on the original study's layout too
+        mix_layouts_from=1000,  # after the first plateau: mixed from the start, 4 layers stayed on it (bench/RESULTS.md)
         min_renames=8,
         renames_growth_steps=1000,  # 8, 12, 18, 27, 41 renames by step 4,000
         streaming=True,
