@@ -147,6 +147,16 @@ def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Pat
     assert not (tmp_path / "p").exists()
 
 
+def test_layers_and_parallel_pick_the_models_and_the_runs_at_once(tmp_path: Path) -> None:
+    proc = depth_law(["--layers=4,2", "--seeds=3", "--parallel=3", "--dry_run", f"--out={tmp_path / 'p'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    planned = sorted((line.split("--num_layers=")[1].split()[0], line.split("# pane ")[1]) for line in lines)
+    assert [layers for layers, _ in planned] == ["2", "2", "2", "4", "4", "4"]
+    assert {pane for _, pane in planned} == {"0", "1", "2"}  # three at once, on a machine of any size
+    assert not (tmp_path / "p").exists()
+
+
 def test_bad_settings_and_folders_stop_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     for name, content in (("null", "null"), ("list", "[1, 2]")):
@@ -155,6 +165,9 @@ def test_bad_settings_and_folders_stop_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "dir" / "experiment.json").mkdir(parents=True)
     cases = [
         (["--dry_run", "--budget=inf", f"--out={tmp_path / 'a'}"], "budget"),
+        (["--dry_run", "--layers=5", f"--out={tmp_path / 'a'}"], "layers must be layer counts of the cpu scale"),
+        (["--dry_run", "--layers=2,x", f"--out={tmp_path / 'a'}"], "layers must be"),
+        (["--dry_run", "--parallel=-1", f"--out={tmp_path / 'a'}"], "parallel"),
         (["--results_only", f"--out={tmp_path / 'file'}"], "is a file"),
         (["--results_only", f"--out={tmp_path / 'null'}"], "holds no experiment record"),
         (["--results_only", f"--out={tmp_path / 'list'}"], "holds no experiment record"),

@@ -184,3 +184,29 @@ def test_mixed_layouts_hold_both_layouts_and_follow_the_rules() -> None:
         assert abs(np.mean(bound_first) - (0.5 + 0.5 * by_chance)) < 0.05
     assert config.data_hash_params()[-1] == "mix_layouts"
     assert "mix_layouts" not in VarRenameConfig(num_chains=3, num_renames=12).data_hash_params()  # old hashes kept
+
+
+def test_layout_curriculum_streams_bind_first_prompts_until_the_mix_starts() -> None:
+    # mix_layouts_from: the steps before it stream bind-first prompts only; from it on, both layouts.
+    config = VarRenameConfig(
+        num_chains=3,
+        num_renames=12,
+        mix_layouts=True,
+        bind_first=False,
+        mix_layouts_from=100,
+        streaming=True,
+        min_renames=6,
+    )
+    config.validate()
+    p = VarRenamePrompter(config)
+    for step, bound_share in ((0, 1.0), (99, 1.0), (100, None), (9000, None)):
+        stage = p.at_step(step)
+        facts = _facts_vectorised(stage, 1000, seed=step)
+        share = np.mean([sorted(f.chain_of_statement[:3]) == [0, 1, 2] for f in facts])
+        if bound_share is not None:
+            assert share == bound_share and not stage.config.mix_layouts
+        else:
+            assert 0.5 < share < 0.9 and stage.config.mix_layouts
+    assert p.at_step(0).config.num_renames == 6 and p.at_step(9000).config.num_renames == 12
+    # The delay is a training-stream field: it versions no cached dataset.
+    assert "mix_layouts_from" in config.data_fields() and "mix_layouts_from" not in config.data_hash_params()
