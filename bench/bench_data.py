@@ -299,7 +299,7 @@ def report(
         "### Share of training-step time waiting for data (`WaitTimer` around the loader)",
         "",
         "Small `MultilayerTransformer` (2 layers, d_model 128, 4 heads), AdamW, var_rename batches; wait share ="
-        " time inside the loader's `next()` / wall time of the same steps. Target (issue 8): < 3%.",
+        " time inside the loader's `next()` / wall time of the same steps. Target: < 3%.",
         "",
         "| shape | torch threads | step (ms) | " + " | ".join(modes) + " |",
         "|---|---:|---:|" + "---:|" * len(modes),

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from bench.common import machine
+from bench.common import machine, sync
 from bench.results import publish
 from iluvattnshun.decode import Decoder
 from iluvattnshun.nn import MultilayerTransformer
@@ -30,11 +30,6 @@ from iluvattnshun.nn import MultilayerTransformer
 SECTION_START = "<!-- bench_decode:start -->"
 SECTION_END = "<!-- bench_decode:end -->"
 PROMPT, NEW = 8, 300
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def recompute(model: MultilayerTransformer, prompt: torch.Tensor, new: int) -> torch.Tensor:

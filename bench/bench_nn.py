@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bench.common import sync
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
 
 
@@ -35,11 +36,6 @@ SHAPES = [
     Shape("a: var_rename paper (8L d128 4h T600 B16 V39)", 8, 128, 4, 600, 16, 39),
     Shape("b: shakespeare quick (4L d128 4h T64 B12 V65)", 4, 128, 4, 64, 12, 65),
 ]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:

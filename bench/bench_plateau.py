@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.bench_data import machine
+from bench.common import machine
 from bench.results import publish
 from examples.var_rename.task import VarRenameConfig, VarRenamePrompter, depth
 from iluvattnshun.model_config import build_model

@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine
-from bench.bench_sweep import steps_per_s
+from bench.common import machine, steps_per_s
 from bench.results import publish
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import machine, median_logged, steps_per_s
 from bench.results import publish
 from iluvattnshun.sweep.plan import SweepError, available_cores, plan_runs
 from iluvattnshun.sweep.record import wait_for_runs
@@ -36,24 +36,6 @@ SECTIONS = {
     "cpu": ("<!-- bench_sweep:start -->", "<!-- bench_sweep:end -->"),
     "cuda": ("<!-- bench_sweep:cuda:start -->", "<!-- bench_sweep:cuda:end -->"),
 }
-
-
-def median_logged(run_dir: Path, tag: str) -> float:
-    """Median of a run's logged ``train/<tag>`` windows (``steps_per_s``, ``tokens_per_s``), the first (with
-    start-up and compilation) left out."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    values = [e.value for e in acc.Scalars(f"train/{tag}")][1:]
-    if not values:
-        raise RuntimeError(f"{run_dir} logged no throughput after its first window")
-    return float(statistics.median(values))
-
-
-def steps_per_s(run_dir: Path) -> float:
-    """Median logged training steps/s of a run, start-up window left out."""
-    return median_logged(run_dir, "steps_per_s")
 
 
 def run_together(

@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: the machine's description and timing with device synchronisation."""
+"""Helpers the benchmark scripts share: the machine's description, timing with device synchronisation, logged throughput."""
 
 import os
 import platform
@@ -45,3 +45,21 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: tor
     for _ in range(warmup):
         fn()
     return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
+def median_logged(run_dir: Path, tag: str) -> float:
+    """Median of a run's logged ``train/<tag>`` windows (``steps_per_s``, ``tokens_per_s``), the first (with
+    start-up and compilation) left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    values = [e.value for e in acc.Scalars(f"train/{tag}")][1:]
+    if not values:
+        raise RuntimeError(f"{run_dir} logged no throughput after its first window")
+    return float(statistics.median(values))
+
+
+def steps_per_s(run_dir: Path) -> float:
+    """Median logged training steps/s of a run, start-up window left out."""
+    return median_logged(run_dir, "steps_per_s")

@@ -14,11 +14,11 @@ import torch
 CPU_BF16_MIN_TOKENS_X_WIDTH = 600 * 128
 """On a CPU with native bf16 (AVX512-BF16 or AMX), bf16 autocast beats fp32 once sequence length x model width
 reaches this: 1.49x at the paper shape (T 600 x d_model 128), 0.65x and 0.71x at T 32 and T 160 x d_model 64
-(2026-11-29)."""
+(bench/RESULTS.md, bench_speed)."""
 
 CPU_COMPILE = False
 """``torch.compile`` on a CPU: measured no faster at any benchmarked shape (0.97x at T 32 x d_model 64, 0.90x at
-T 160 x 64, 1.02x at the paper shape, 2026-11-29), and each run pays 15-25 s of compilation first."""
+T 160 x 64, 1.02x at the paper shape; bench/RESULTS.md), and each run pays 15-25 s of compilation first."""
 
 
 @dataclass(frozen=True)
