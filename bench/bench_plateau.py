@@ -267,16 +267,18 @@ def main() -> None:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)
     markers = section(args.num_layers)
+    layers = "" if args.num_layers == SHAPE["num_layers"] else f" --num_layers {args.num_layers}"
     lines = [
         markers[0],
         "## The first plateau of var_rename: steps to escape it, per recipe variant (`bench/bench_plateau.py`)",
         "",
         f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python -m bench.bench_plateau "
-        f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every} --write` ({args.parallel} "
-        f"runs at a time, one torch thread each).",
+        f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every}{layers} "
+        f"--variants {','.join(variants)} --write` ({args.parallel} runs at a time, one torch thread each).",
         "",
         f"Depth recipe at {args.num_layers} layers, d_model {SHAPE['dim_model']}, {SHAPE['num_heads']} heads, "
-        f"constant lr after warmup; fresh prompts of 2 chains x 8 renames (the curriculum's first stage); evaluated "
+        f"constant lr after warmup; fresh prompts of 2 chains x 8 renames (the curriculum's first stage; depth_recipe "
+        f"and layout_curriculum grow them every 1,000 steps); evaluated "
         f"every {args.eval_every} steps on {args.eval_prompts} fixed prompts of 64 renames. Escape: first step "
         f"with depth-1 accuracy >= 0.9; reach 4: first step with depth reach at 90% >= 4. Lower is better.",
         "",
