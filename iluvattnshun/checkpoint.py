@@ -11,6 +11,7 @@ import dataclasses
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -18,7 +19,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 
+from iluvattnshun import rundir
+from iluvattnshun.config import Config, config_to_dict
 from iluvattnshun.files import atomic_write, temporary_target
 from iluvattnshun.rundir import CKPT_PATTERN, list_checkpoints
 
@@ -185,6 +189,68 @@ def find_resumable(directory: str | os.PathLike[str]) -> tuple[Path | None, list
             continue
         return path, skipped
     return None, skipped
+
+
+def find_resume(logdir: str, run_name: str, save_model_path: str | None) -> tuple[rundir.RunDir, str, list[str]]:
+    """What ``--resume`` continues: the newest loadable checkpoint of the newest run matching ``run_name`` that has
+    one. Returns the run, the checkpoint's path, and a line for each newer run or checkpoint passed over.
+
+    Raises:
+        ValueError: when no matching run has a loadable checkpoint (saying what was found instead).
+    """
+    runs = rundir.matching_runs(logdir, run_name)
+    if not runs:
+        listing = ", ".join(r.base for r in rundir.list_runs(logdir)[-10:]) or "none"
+        raise ValueError(f"resume: no run directory {run_name!r} under {logdir!r} (existing runs: {listing})")
+    owner = rundir.checkpoint_dir_owner(save_model_path) if save_model_path else None
+    skipped = []
+    for run in runs:
+        ckpt_dir = save_model_path or str(run.path)
+        if owner is not None and owner != os.path.abspath(run.path):
+            skipped.append(f"{ckpt_dir} holds the checkpoints of the run {owner}, not of {run.path}")
+            continue
+        path, unreadable = find_resumable(ckpt_dir)
+        skipped.extend(unreadable)
+        if path is not None:
+            return run, str(path), skipped
+        skipped.append(f"{ckpt_dir} holds no checkpoint (ckpt_*.pt)")
+    raise ValueError("resume: " + "; ".join(skipped))
+
+
+def resume_config_changes(checkpoint: Checkpoint, config: Config) -> tuple[dict[str, Any], list[str]]:
+    """Compare the config a checkpoint was trained with to the one resuming it.
+
+    Returns the saved config as a dict, and a line ``field: old -> new`` for each changed field (other than
+    ``resume``, ``run_name`` and fields left to ``auto``).
+
+    Raises:
+        ValueError: when a data field changed: the run would continue on other data.
+    """
+    old = yaml.safe_load(checkpoint.config) or {}
+    new = config_to_dict(config)
+    data_changes = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in config.data_fields() if k in old and old[k] != new[k]]
+    if data_changes:
+        raise ValueError(
+            f"resume: the run was trained on other data ({'; '.join(data_changes)}); resume it with its own data "
+            "settings, or start a new run"
+        )
+    diffs = [
+        f"{k}: {old[k]!r} -> {v!r}"
+        for k, v in new.items()
+        if k in old and old[k] != v and k not in ("resume", "run_name") and v != "auto"
+    ]
+    return old, diffs
+
+
+def class_path(cls: type) -> str:
+    """``module:QualName`` of a class (how a checkpoint's ``classes`` names it), naming the real module when it was
+    run with ``python -m``."""
+    module = cls.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+    return f"{module}:{cls.__qualname__}"
 
 
 def load_model_weights(path: str | os.PathLike[str], model: nn.Module) -> None:

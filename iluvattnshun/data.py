@@ -5,8 +5,8 @@
 - ``StreamingDataset``: an infinite ``IterableDataset`` of freshly generated batches, with a seed
   per (epoch, rank, worker, block) so that no two workers or ranks ever produce the same stream;
   ``StreamingLoader`` is the ``DataLoader`` for it (forwards ``set_epoch`` and ``skip`` for resuming).
-- ``WaitTimer``: wraps any iterable and adds up the time its consumer waits in ``next()``: the
-  numerator of a trainer's data-wait share (``wait_s / elapsed``).
+- ``WaitTimer`` (from ``batches.py``, where the trainer takes it): wraps any iterable and adds up the time its
+  consumer waits in ``next()``.
 
 Integer columns come out as int64 (``torch.long``) tensors, floating columns as float32/64, bools as bool.
 """
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from iluvattnshun.batches import WaitTimer as WaitTimer
 from iluvattnshun.datasets import dataset_arrays
 from iluvattnshun.prompter import Prompter
 
@@ -33,40 +34,6 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """A batch array as a tensor: integers widened to int64, other dtypes kept."""
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.long() if arr.dtype.kind in "iu" else t
-
-
-class WaitTimer(Generic[T]):
-    """Iterates over ``iterable`` and records how long each ``next()`` took (the consumer's data wait).
-
-    ``wait_s`` and ``batches`` accumulate over every pass until ``reset()``.
-    """
-
-    def __init__(self, iterable: Iterable[T]) -> None:
-        self.iterable = iterable
-        self.wait_s = 0.0
-        self.batches = 0
-
-    def reset(self) -> None:
-        """Zero the counters (e.g. at every logging interval)."""
-        self.wait_s = 0.0
-        self.batches = 0
-
-    def __len__(self) -> int:
-        return len(self.iterable)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[T]:
-        start = time.perf_counter()
-        it = iter(self.iterable)
-        while True:
-            try:
-                item = next(it)
-            except StopIteration:
-                self.wait_s += time.perf_counter() - start
-                return
-            self.wait_s += time.perf_counter() - start
-            self.batches += 1
-            yield item
-            start = time.perf_counter()
 
 
 class ArrayLoader:

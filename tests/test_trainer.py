@@ -276,7 +276,7 @@ class SignalInEval(ToyTrainer):
     eval_step = 0
 
     def val_metrics(self, model: nn.Module, batch: Any, preds: Any) -> dict[str, Any]:
-        if self.progress.step == self.eval_step and self._signal_received is None:
+        if self.progress.step == self.eval_step and self._signals.received is None:
             os.kill(os.getpid(), signal.SIGTERM)
         return super().val_metrics(model, batch, preds)
 
