@@ -242,6 +242,55 @@ def resume_config_changes(checkpoint: Checkpoint, config: Config) -> tuple[dict[
     return old, diffs
 
 
+@dataclass
+class Resumed:
+    """What ``resume`` hands back to the trainer after loading the model, optimizer and scheduler."""
+
+    progress: Progress
+    rng: list[Any]
+    """Each rank's RNG state; empty when the number of ranks changed (the streams then start afresh)."""
+    run_name: str | None
+    """The run's own ``run_name`` (None: its config has none), which the resumed run records in its config."""
+    notices: list[tuple[str, str]]
+    """``(title, text)`` lines for the console: what was resumed, what changed."""
+
+
+def resume(
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    config: Config,
+    world_size: int,
+) -> Resumed:
+    """Load the checkpoint at ``path`` into model, optimizer and scheduler to continue its run under ``config``.
+
+    Raises:
+        ValueError: when the model does not match, or ``config`` changes a data field (see
+            ``resume_config_changes``).
+    """
+    checkpoint = read_checkpoint(path)
+    restore(checkpoint, model, optimizer, scheduler, source=repr(path))
+    progress = checkpoint.progress
+    notices = []
+    same_world = checkpoint.world_size == world_size
+    if not same_world:
+        # Each rank's data position and RNG stream only carry over with the same number of ranks.
+        notices.append(
+            (
+                "resume: world size changed",
+                f"checkpoint from {checkpoint.world_size} process(es), now {world_size}: restarting the current epoch",
+            )
+        )
+        progress.batch_idx = 0
+    old, diffs = resume_config_changes(checkpoint, config)
+    notices.append(
+        (f"resumed from {path} at step {progress.step:,}", ("config changes: " + "; ".join(diffs)) if diffs else "")
+    )
+    run_name = str(old["run_name"]) if "run_name" in old else None
+    return Resumed(progress, checkpoint.rng if same_world else [], run_name, notices)
+
+
 def class_path(cls: type) -> str:
     """``module:QualName`` of a class (how a checkpoint's ``classes`` names it), naming the real module when it was
     run with ``python -m``."""

@@ -13,7 +13,7 @@ import threading
 import types
 from typing import Any, Callable, Iterator, Mapping, Protocol, TypeVar
 
-from iluvattnshun.config import parse_config
+from iluvattnshun.config import parse_config, unparsed_options
 
 DEBUG_ENV = "ILUVATTNSHUN_DEBUG"
 """Set (to anything but 0) to see tracebacks of errors on the command line, as ``--debug`` does."""
@@ -95,6 +95,22 @@ def run_from_command_line(
         raise SystemExit(1) from None
     if trainer.stopped_by_signal is not None:
         raise SystemExit(128 + trainer.stopped_by_signal)
+
+
+def check_parsed_from_command_line(config: Any, trainer_name: str) -> None:
+    """Refuse to run when the process's command line holds ``--field=value`` flags for ``config`` that nothing
+    parsed (a script that builds its config by hand would silently ignore them).
+
+    Raises:
+        ConfigError: naming the ignored flags and the fix.
+    """
+    ignored = unparsed_options(config, sys.argv[1:])
+    if ignored:
+        raise ConfigError(
+            f"the command line has {' '.join(ignored)}, but this config was not parsed from it: the flags would "
+            f"be ignored. End the script with {trainer_name}.main() (or build the config with "
+            "iluvattnshun.config.parse_config)"
+        )
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ Integer columns come out as int64 (``torch.long``) tensors, floating columns as 
 
 import copy
 import time
-from typing import Any, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterator, Mapping, Sequence, TypeVar
 
 import datasets
 import numpy as np

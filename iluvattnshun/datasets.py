@@ -31,7 +31,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import datasets
 import numpy as np

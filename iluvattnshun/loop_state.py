@@ -118,6 +118,29 @@ class LoopState:
         self.clock = now
         return progress.train_time_s
 
+    def eta_seconds(
+        self,
+        progress: Progress,
+        step_cost: Callable[[int], float],
+        max_minutes: float | None,
+        max_steps: int | None,
+        steps_left_in_epochs: int | None,
+    ) -> float | None:
+        """Seconds left under the tightest budget, from this session's time per unit of ``step_cost`` (so a task
+        whose later steps cost more gets an ETA that expects it; None: no budget)."""
+        elapsed = time.time() - self.session_start
+        done = cost_between(step_cost, self.session_start_step, progress.step)
+        per_unit = elapsed / done if elapsed > 0 and done > 0 else None
+        etas = []
+        if max_minutes is not None:
+            etas.append(max_minutes * 60 - self.train_time(progress))
+        if per_unit is not None:
+            if max_steps is not None:
+                etas.append(cost_between(step_cost, progress.step, max_steps) * per_unit)
+            if steps_left_in_epochs is not None:
+                etas.append(cost_between(step_cost, progress.step, progress.step + steps_left_in_epochs) * per_unit)
+        return max(0.0, min(etas)) if etas else None
+
     def note_nonfinite(self, bad: torch.Tensor) -> None:
         """Remember a step's device flag (loss or gradient norm not finite) without reading it back."""
         self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad

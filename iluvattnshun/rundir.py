@@ -53,6 +53,21 @@ def checkpoint_dir_owner(directory: str | os.PathLike[str]) -> str | None:
     return text or None
 
 
+def check_checkpoint_dir_unused(directory: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint directory (``save_model_path``) for a new run when it already holds another run's.
+
+    Raises:
+        ValueError: naming the run that owns it, when it is claimed or holds checkpoints.
+    """
+    owner = checkpoint_dir_owner(directory)
+    if owner or list_checkpoints(directory):
+        raise ValueError(
+            f"save_model_path: {os.fspath(directory)!r} holds the checkpoints of "
+            f"{'the run ' + owner if owner else 'another run'}; a checkpoint directory belongs to one run: choose "
+            "another directory, or --resume that run"
+        )
+
+
 def claim_checkpoint_dir(directory: str | os.PathLike[str], run_path: str | os.PathLike[str]) -> None:
     """Record that ``directory`` holds the checkpoints of the run in ``run_path`` (once: the first claim wins).
 

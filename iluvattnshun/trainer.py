@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -52,18 +51,16 @@ from iluvattnshun.checkpoint import (
     load_checkpoint,
     load_model_weights,
     prune_checkpoints,
-    read_checkpoint,
-    restore,
-    resume_config_changes,
+    resume,
     seed_everything,
     set_rng_state,
     write_checkpoint,
 )
-from iluvattnshun.cli import ConfigError, StopSignals, run_from_command_line
-from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, unparsed_options
+from iluvattnshun.cli import ConfigError, StopSignals, check_parsed_from_command_line, run_from_command_line
+from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string
 from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
-from iluvattnshun.loop_state import LogWindow, LoopState, cost_between
+from iluvattnshun.loop_state import LogWindow, LoopState
 from iluvattnshun.metrics import MetricSums
 from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
 
@@ -211,7 +208,7 @@ class Trainer(ABC, Generic[C]):
         self.world_size = tdist.env_world_size()
         self.local_rank = tdist.env_local_rank()
         self.is_main = self.rank == 0
-        self.device = self._resolve_device(config.device)
+        self.device = tdist.resolve_device(config.device, self.world_size, self.local_rank)
         self.logger: Logger = NullLogger()
         self.run_dir: str | None = None
         self.ckpt_dir: str | None = None
@@ -342,14 +339,6 @@ class Trainer(ABC, Generic[C]):
     # ------------------------------------------------------------------------------------------------------
     # Setup
 
-    def _resolve_device(self, name: str) -> torch.device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(name)
-        if device.type == "cuda" and self.world_size > 1:
-            device = torch.device("cuda", self.local_rank)
-        return device
-
     @property
     def _distributed(self) -> bool:
         return self.world_size > 1
@@ -367,35 +356,27 @@ class Trainer(ABC, Generic[C]):
             dirs["save_model_path"] = cfg.save_model_path
         return dirs
 
-    def _preflight(self) -> tuple[rundir.RunDir, str] | None:
-        """Rank 0, before any work: output directories writable, the checkpoint to resume (the newest loadable
-        one of the newest matching run that has one) or ``load_model_path`` readable. Returns what to resume."""
+    def _preflight(self, held: contextlib.ExitStack) -> tuple[str, str] | None:
+        """Rank 0, before any work: the device exists, output directories are writable, the checkpoint to resume
+        (held locked in ``held``) or ``load_model_path`` is readable. Returns the run directory and checkpoint to
+        resume, if any."""
         cfg = self.config
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {cfg.device!r} was asked for, but no CUDA GPU is available (--device=cpu)")
-        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"device: {cfg.device!r}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-        if self.device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device: {cfg.device!r} was asked for, but MPS is not available here (--device=cpu)")
+        tdist.check_device(self.device, cfg.device)
         for field, directory in self.output_dirs().items():
             check_writable(directory, field)
         if cfg.load_model_path:
             if not os.path.isfile(cfg.load_model_path):
                 raise ValueError(f"load_model_path: no such file {cfg.load_model_path!r}")
             load_checkpoint(cfg.load_model_path)  # unreadable: refused now, not after the run directory exists
-        owner = rundir.checkpoint_dir_owner(cfg.save_model_path) if cfg.save_model_path else None
-        if cfg.save_model_path and not cfg.resume and (owner or rundir.list_checkpoints(cfg.save_model_path)):
-            raise ValueError(
-                f"save_model_path: {cfg.save_model_path!r} holds the checkpoints of "
-                f"{'the run ' + owner if owner else 'another run'}; a checkpoint directory belongs to one run: choose "
-                "another directory, or --resume that run"
-            )
+        if cfg.save_model_path and not cfg.resume:
+            rundir.check_checkpoint_dir_unused(cfg.save_model_path)
         if not cfg.resume:
             return None
         run, path, skipped = find_resume(cfg.tensorboard_logdir, cfg.run_name, cfg.save_model_path)
         if skipped:
             self._notices.append(("resume: falling back", "\n".join(skipped)))
-        return run, path
+        held.enter_context(run.lock())  # a second process resuming this run is refused
+        return str(run.path), path
 
     def _allocate_run_dir(self) -> str:
         """Rank 0 creates a fresh run directory; every rank gets its path."""
@@ -405,6 +386,17 @@ class Trainer(ABC, Generic[C]):
             path = str(rundir.allocate(self.config.tensorboard_logdir, name).path)
         result: str = tdist.broadcast_object(path)
         return result
+
+    def _claim_checkpoint_dir(self, resumed: bool) -> None:
+        """Rank 0: record that ``save_model_path`` holds this run's checkpoints (refused when a run started at the
+        same moment claimed it first: a fresh run directory is then removed again)."""
+        assert self.run_dir is not None and self.config.save_model_path
+        try:
+            rundir.claim_checkpoint_dir(self.config.save_model_path, self.run_dir)
+        except (ValueError, OSError):
+            if not resumed:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
 
     def _write_run_files(self, resumed: bool) -> None:
         assert self.run_dir is not None
@@ -417,34 +409,6 @@ class Trainer(ABC, Generic[C]):
             with open(source_file, encoding="utf-8") as f:
                 self.logger.log_text(run.script_path.name, f.read())
 
-    def _restore(self, path: str) -> list[Any]:
-        """Load a trainer checkpoint into model, optimizer, scheduler and counters; returns the RNG states."""
-        ckpt = read_checkpoint(path)
-        restore(ckpt, self.model, self.optimizer, self.scheduler, source=repr(path))
-        self.progress = ckpt.progress
-        saved_world = ckpt.world_size
-        if saved_world != self.world_size:
-            # Each rank's data position and RNG stream only carry over with the same number of ranks.
-            self._notices.append(
-                (
-                    "resume: world size changed",
-                    f"checkpoint from {saved_world} process(es), now {self.world_size}: restarting the current epoch",
-                )
-            )
-            self.progress.batch_idx = 0
-        old, diffs = resume_config_changes(ckpt, self.config)
-        # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
-        self._recorded_config = dataclasses.replace(
-            self.config, resume=False, run_name=str(old.get("run_name", self.config.run_name))
-        )
-        self._notices.append(
-            (
-                f"resumed from {path} at step {self.progress.step:,}",
-                ("config changes: " + "; ".join(diffs)) if diffs else "",
-            )
-        )
-        return ckpt.rng if saved_world == self.world_size else []
-
     # ------------------------------------------------------------------------------------------------------
     # Run
 
@@ -455,13 +419,7 @@ class Trainer(ABC, Generic[C]):
             ConfigError: before any work, when the run cannot start with this config, or when the process's command
                 line holds ``--field=value`` flags for this config that nothing parsed (use ``MyTrainer.main()``).
         """
-        ignored = unparsed_options(self.config, sys.argv[1:])
-        if ignored:
-            raise ConfigError(
-                f"the command line has {' '.join(ignored)}, but this config was not parsed from it: the flags would "
-                f"be ignored. End the script with {type(self).__name__}.main() (or build the config with "
-                "iluvattnshun.config.parse_config)"
-            )
+        check_parsed_from_command_line(self.config, type(self).__name__)
         created_group = tdist.init_process_group(self.device)
         try:
             self._run()
@@ -482,27 +440,21 @@ class Trainer(ABC, Generic[C]):
         with contextlib.ExitStack() as held:
             try:
                 # Everything that can refuse the run, before anything is created (a dataset cache aside).
-                error, found = None, None
-                if self.is_main:
-                    try:
-                        resume = self._preflight()
-                        if resume is not None:
-                            held.enter_context(resume[0].lock())  # a second process resuming this run is refused
-                            found = (str(resume[0].path), resume[1])
-                    except (ValueError, OSError) as e:
-                        error = str(e)
-                error, found = tdist.broadcast_object((error, found))
-                if error is not None:
-                    raise ValueError(error)
+                found = tdist.on_main_then_broadcast(lambda: self._preflight(held))
                 resume_path, resume_ckpt = found if found is not None else (None, None)
-                self._recorded_config = self.config  # on resume, _restore records the run's own name
+                self._recorded_config = self.config
                 self.setup()
                 self.model = self.get_model().to(self.device)
                 self.optimizer = self.get_optimizer(self.model)
                 self.scheduler = self.get_scheduler(self.optimizer)
                 rng_states: list[Any] = []
                 if resume_ckpt is not None:
-                    rng_states = self._restore(resume_ckpt)
+                    resumed = resume(resume_ckpt, self.model, self.optimizer, self.scheduler, cfg, self.world_size)
+                    self.progress, rng_states = resumed.progress, resumed.rng
+                    self._notices += resumed.notices
+                    # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
+                    run_name = cfg.run_name if resumed.run_name is None else resumed.run_name
+                    self._recorded_config = dataclasses.replace(cfg, resume=False, run_name=run_name)
                 elif cfg.load_model_path:
                     load_model_weights(cfg.load_model_path, self.model)
                     self._notices.append(("loaded model weights", cfg.load_model_path))
@@ -524,17 +476,10 @@ class Trainer(ABC, Generic[C]):
             self.ckpt_dir = cfg.save_model_path or self.run_dir
             self._resumed_from = resume_ckpt
             if cfg.save_model_path:
-                claim_error = None
-                if self.is_main:
-                    try:
-                        rundir.claim_checkpoint_dir(cfg.save_model_path, self.run_dir)
-                    except (ValueError, OSError) as e:  # a run started at the same moment claimed it first
-                        claim_error = str(e)
-                        if resume_path is None:
-                            shutil.rmtree(self.run_dir, ignore_errors=True)
-                claim_error = tdist.broadcast_object(claim_error)
-                if claim_error is not None:
-                    raise ConfigError(" ".join(claim_error.split()))
+                try:
+                    tdist.on_main_then_broadcast(lambda: self._claim_checkpoint_dir(resumed=resume_path is not None))
+                except ValueError as e:
+                    raise ConfigError(" ".join(str(e).split())) from e
             if self.is_main:
                 if resume_path is None:
                     held.enter_context(rundir.RunDir(Path(self.run_dir)).lock())
@@ -755,44 +700,27 @@ class Trainer(ABC, Generic[C]):
     # ------------------------------------------------------------------------------------------------------
     # Logging
 
-    def _eta_seconds(self, loop: LoopState) -> float | None:
-        """Seconds left under the tightest budget, from this session's time per unit of ``step_cost`` (so a task
-        whose later steps cost more gets an ETA that expects it; None: no budget)."""
-        cfg = self.config
-        p = self.progress
-        elapsed = time.time() - loop.session_start
-        done = cost_between(self.step_cost, loop.session_start_step, p.step)
-        per_unit = elapsed / done if elapsed > 0 and done > 0 else None
-        etas = []
-        if cfg.max_minutes is not None:
-            etas.append(cfg.max_minutes * 60 - loop.train_time(p))
-        if per_unit is not None:
-            if cfg.max_steps is not None:
-                etas.append(cost_between(self.step_cost, p.step, cfg.max_steps) * per_unit)
-            loader = self.train_loader
-            length = len(loader) if isinstance(loader, collections.abc.Sized) else None
-            if cfg.num_epochs > 0 and length:
-                left = cfg.num_epochs * length - (p.epoch * length + p.batch_idx)
-                steps_left = math.ceil(left / cfg.grad_accum_steps)
-                etas.append(cost_between(self.step_cost, p.step, p.step + steps_left) * per_unit)
-        return max(0.0, min(etas)) if etas else None
-
     def _maybe_log_train(self, loop: LoopState) -> None:
         if not self.logger.should_log("train"):
             return
         if not self._distributed and loop.nonfinite_flag():
             # In a distributed run this check happens collectively in _agree_on_events instead.
             self._raise_lazy_nonfinite()
+        cfg = self.config
         p = self.progress
         lr = float(self.optimizer.param_groups[0]["lr"])
         metrics = loop.window.metrics(p, lr, time.time(), loop.data.wait_s)
         metrics["elapsed_min"] = loop.train_time(p) / 60
         header: dict[str, Any] = {"epoch": p.epoch, "samples": p.samples_seen}
-        eta = self._eta_seconds(loop)
+        length = len(self.train_loader) if isinstance(self.train_loader, collections.abc.Sized) else None
+        steps_left = None
+        if cfg.num_epochs > 0 and length:
+            steps_left = math.ceil((cfg.num_epochs * length - (p.epoch * length + p.batch_idx)) / cfg.grad_accum_steps)
+        eta = loop.eta_seconds(p, self.step_cost, cfg.max_minutes, cfg.max_steps, steps_left)
         if eta is not None:
             metrics["eta_min"] = eta / 60
             header["eta"] = format_duration(eta)
-        if self.config.skip_nonfinite:
+        if cfg.skip_nonfinite:
             metrics["skipped_steps"] = p.skipped_steps
         self.logger.log_metrics(metrics, "train", p.step, header=header, force=True)
         loop.window = LogWindow.open(p, self.device)
