@@ -355,8 +355,8 @@ class TransformerLayer(_Hookable):
         dim_model: int,
         num_heads: int,
         rope_base: float = 10000.0,
-        dropout_attn: float = 0.1,
-        dropout_mlp: float = 0.1,
+        dropout_attn: float = 0.0,
+        dropout_mlp: float = 0.0,
         bias: bool = True,
         layer_idx: int = 0,
         qk_norm: bool = False,
@@ -414,19 +414,20 @@ class MultilayerTransformer(_Hookable):
     def __init__(
         self,
         vocab_size: int,
-        dim_model: int = 512,
-        num_heads: int = 8,
-        num_layers: int = 12,
+        dim_model: int = 128,
+        num_heads: int = 4,
+        num_layers: int = 4,
         rope_base: float = 10000.0,
-        dropout_attn: float = 0.1,
-        dropout_mlp: float = 0.1,
-        dropout_emb: float = 0.1,
+        dropout_attn: float = 0.0,
+        dropout_mlp: float = 0.0,
+        dropout_emb: float = 0.0,
         bias: bool = True,
         tie_weights: bool = False,
         qk_norm: bool = False,
         **original_names: int,
     ) -> None:
-        """Args are ``ModelConfig``'s fields; the original names ``d_model``, ``n_heads`` and ``n_layers`` are
+        """Args are ``ModelConfig``'s fields, and these defaults are its defaults (it reads them from here); the
+        original names ``d_model``, ``n_heads`` and ``n_layers`` are
         accepted for ``dim_model``, ``num_heads`` and ``num_layers``."""
         super().__init__()
         sizes = {"dim_model": dim_model, "num_heads": num_heads, "num_layers": num_layers}
