@@ -371,28 +371,15 @@ def prune_checkpoints(
     return deleted[::-1]
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model: nn.Module | str | torch.device | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any | None = None,
-    map_location: str | torch.device | None = "cpu",
-) -> Any:
-    """Load a checkpoint with ``weights_only=True``: as a dict, or, given a model, into the model.
-
-    ``load_checkpoint(path)`` returns the checkpoint dict. ``load_checkpoint(path, model, optimizer=None,
-    scheduler=None)`` is the original call form: it loads the saved state into the model (and the optimizer and
-    scheduler when given) and returns ``(epoch, step, metrics)``; it reads this project's checkpoints and the
-    original code's (``model_state_dict``, ...), or a bare state dict. A second positional argument that is a
-    device means ``map_location``, as in the earlier ``load_checkpoint(path, "cpu")``.
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file's dict with ``weights_only=True`` (the original call form that loads into a model is
+    ``iluvattnshun.compat.load_checkpoint``, exported as ``iluvattnshun.utils.load_checkpoint``).
 
     Raises:
         FileNotFoundError: if there is no such file.
         ValueError: if the file is truncated or corrupt, holds Python objects that weights-only loading refuses
-            (a pickled model rather than a state dict), or holds no model state for ``model``.
+            (a pickled model rather than a state dict), or holds no dict.
     """
-    if isinstance(model, (str, torch.device)):
-        model, map_location = None, model
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
@@ -410,9 +397,23 @@ def load_checkpoint(
         raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
-    if model is None:
-        return state
-    load_model_state_dict(model, model_weights(state, path), source=path)
+    return state
+
+
+def load_state_into(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    source: str = "checkpoint",
+) -> tuple[Any, Any, Any]:
+    """Load a checkpoint dict (this project's, the original code's ``model_state_dict``, ..., or a bare state dict)
+    into the model, and into the optimizer and scheduler when given and saved; returns ``(epoch, step, metrics)``.
+
+    Raises:
+        ValueError: when the dict holds no model state for ``model``.
+    """
+    load_model_state_dict(model, model_weights(state, source), source=source)
     for target, keys in (
         (optimizer, ("optimizer", "optimizer_state_dict")),
         (scheduler, ("scheduler", "scheduler_state_dict")),

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from iluvattnshun.config import Config
-from iluvattnshun.nn import ORIGINAL_NAMES, MultilayerTransformer
+from iluvattnshun.compat import MODEL_NAMES
+from iluvattnshun.nn import MultilayerTransformer
 
 _DEFAULTS: dict[str, Any] = {
     name: param.default
@@ -27,7 +28,7 @@ _DEFAULTS: dict[str, Any] = {
 class ModelConfig(Config):
     """Shape of the RoPE transformer."""
 
-    ALIASES = ORIGINAL_NAMES
+    ALIASES = MODEL_NAMES
 
     num_layers: int = _DEFAULTS["num_layers"]
     """Number of transformer layers."""

@@ -34,8 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ORIGINAL_NAMES = {"d_model": "dim_model", "n_heads": "num_heads", "n_layers": "num_layers"}
-"""The constructor's original argument names and the current ones (the names of the command line and configs)."""
+from iluvattnshun.compat import model_sizes
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 """A hook receives an activation and its name; returning a tensor replaces the activation."""
@@ -430,11 +429,7 @@ class MultilayerTransformer(_Hookable):
         original names ``d_model``, ``n_heads`` and ``n_layers`` are
         accepted for ``dim_model``, ``num_heads`` and ``num_layers``."""
         super().__init__()
-        sizes = {"dim_model": dim_model, "num_heads": num_heads, "num_layers": num_layers}
-        for old, value in original_names.items():
-            if old not in ORIGINAL_NAMES:
-                raise TypeError(f"MultilayerTransformer got an unexpected keyword argument {old!r}")
-            sizes[ORIGINAL_NAMES[old]] = value
+        sizes = model_sizes({"dim_model": dim_model, "num_heads": num_heads, "num_layers": num_layers}, original_names)
         dim_model, num_heads, num_layers = sizes["dim_model"], sizes["num_heads"], sizes["num_layers"]
         # The constructor arguments: MultilayerTransformer(**model.init_kwargs) builds the same architecture.
         self.init_kwargs: dict[str, Any] = {
