@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iluvattnshun.compat import model_sizes
+from iluvattnshun.decode import Decoder, check_generate_args, sampling_loop
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 """A hook receives an activation and its name; returning a tensor replaces the activation."""
@@ -585,8 +586,6 @@ class MultilayerTransformer(_Hookable):
         check_generate_args(prompt, max_new_tokens, temperature, top_k)
         B, P = prompt.shape
         if fast and not self._hook_fns:
-            from iluvattnshun.decode import Decoder  # the decoder is built on this module
-
             decoder = Decoder(self, B, P + max_new_tokens)  # sized for this call: no check left to repeat
             return sampling_loop(
                 self, prompt, max_new_tokens, decoder.prefill, decoder.step, temperature, top_k, generator
@@ -679,67 +678,6 @@ class MultilayerTransformer(_Hookable):
         out = self.run_with_hooks(x, {n: record for n in selected}, **kwargs)
         order = {n: i for i, n in enumerate(self._names)}
         return out.logits, dict(sorted(cache.items(), key=lambda kv: order[kv[0]]))
-
-
-def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """Raise ``ValueError`` naming a bad argument of ``generate``."""
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-
-
-def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Pick one token per row of (B, V) logits."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-def sampling_loop(
-    model: nn.Module,
-    prompt: torch.Tensor,
-    max_new_tokens: int,
-    prefill: Callable[[torch.Tensor], torch.Tensor],
-    step: Callable[[torch.Tensor, int], torch.Tensor],
-    temperature: float,
-    top_k: int | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """The loop both decoding paths share: ``prefill(prompt)`` gives the (B, V) logits after the (B, P) prompt,
-    ``step(token, position)`` feeds one sampled token (B,) and gives the next logits. The model is in eval mode for
-    the loop and restored afterwards. Returns (B, P + max_new_tokens) tokens."""
-    B, P = prompt.shape
-    out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
-    out[:, :P] = prompt
-    if max_new_tokens == 0:
-        return out
-    was_training = model.training
-    model.eval()
-    try:
-        # Inference mode skips autograd's bookkeeping on every small op (about 15% of a token's time at batch 1);
-        # what it creates stays inside: ``out`` and the caches were allocated outside and are written in place.
-        with torch.inference_mode():
-            logits = prefill(prompt)
-            for i in range(max_new_tokens):
-                token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
-                out[:, P + i] = token
-                if i + 1 < max_new_tokens:
-                    logits = step(token, P + i)
-    finally:
-        model.train(was_training)
-    return out
 
 
 def flops_per_token(model: MultilayerTransformer, seq_len: int, training: bool = True) -> float:
