@@ -12,7 +12,6 @@ Integer columns come out as int64 (``torch.long``) tensors, floating columns as 
 """
 
 import copy
-import time
 from typing import Any, Iterator, Mapping, Sequence, TypeVar
 
 import datasets
@@ -44,7 +43,7 @@ class ArrayLoader:
     ranks get the same number of batches (the remainder is dropped, or, with ``drop_last=False``,
     padded by wrapping around, as ``DistributedSampler`` does).
 
-    The loader times its own batch assembly in ``wait_s``. Iterating to the end advances the epoch;
+    Iterating to the end advances the epoch;
     ``set_epoch`` picks one explicitly and ``skip`` resumes in the middle of one.
     """
 
@@ -87,7 +86,6 @@ class ArrayLoader:
         self.world_size = world_size
         self.pin_memory = pin_memory
         self.epoch = 0
-        self.wait_s = 0.0
         self._skip = 0
         if self.drop_last and len(self) == 0:
             raise ValueError(
@@ -143,7 +141,6 @@ class ArrayLoader:
         return order[:total][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        start = time.perf_counter()
         indices = self.epoch_indices(self.epoch)
         first, self._skip = self._skip, 0
         for b in range(first, len(self)):
@@ -155,10 +152,7 @@ class ArrayLoader:
             batch = {k: to_tensor(v[idx]) for k, v in self.columns.items()}
             if self.pin_memory:
                 batch = {k: v.pin_memory() for k, v in batch.items()}
-            self.wait_s += time.perf_counter() - start
             yield batch
-            start = time.perf_counter()
-        self.wait_s += time.perf_counter() - start
         self.epoch += 1
 
 

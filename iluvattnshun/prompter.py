@@ -13,7 +13,6 @@ Prompts shorter than ``max_seq_len`` are right-padded with ``PAD_CHAR`` (answer:
 ``META_PAD``). Caching a prompter's examples as a versioned dataset is ``iluvattnshun.datasets``' job.
 """
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Generic, TypeVar
