@@ -133,7 +133,6 @@ def test_load_run_leaves_the_callers_random_streams_alone(tmp_path: Path) -> Non
     assert_same_state(loaded.model.state_dict(), trainer.model.state_dict())  # the saved weights, not fresh draws
 
 
-@pytest.mark.parametrize("loader_skip, grad_accum_steps", [(True, 1), (False, 2)])
 class SlowLoaderTrainer(ToyTrainer):
     """The toy task with a training loader that takes 50 ms to produce each batch."""
 
@@ -161,6 +160,7 @@ def test_the_share_of_time_waiting_for_data_is_logged(tmp_path: Path) -> None:
     assert shares["slow"] > 0.3 and shares["slow"] > 2 * shares["fast"]
 
 
+@pytest.mark.parametrize("loader_skip, grad_accum_steps", [(True, 1), (False, 2)])
 def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool, grad_accum_steps: int) -> None:
     """11 steps + resume + 11 more == 22 straight (exactly), with the split in the middle of an epoch."""
     kw = dict(loader_skip=loader_skip, grad_accum_steps=grad_accum_steps)
