@@ -102,9 +102,10 @@ BUILD = """
 import sys, time
 sys.path.insert(0, {root!r})
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
+from iluvattnshun.datasets import make_dataset
 start = time.perf_counter()
-dsd = VarRenamePrompter(VarRenameConfig(num_chains=4, num_renames=150)).make_dataset(
-    {out!r}, 1_000_000, 10_000, progress=False)
+config = VarRenameConfig(num_chains=4, num_renames=150, dataset_path={out!r}, train_size=1_000_000, test_size=10_000)
+dsd = make_dataset(VarRenamePrompter(config), progress=False)
 print("seconds_in_make_dataset", time.perf_counter() - start)
 """
 
@@ -114,10 +115,11 @@ start = time.perf_counter()
 sys.path.insert(0, {root!r})
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from iluvattnshun.data import ArrayLoader
+from iluvattnshun.datasets import make_dataset
 imported = time.perf_counter()
 prompter = VarRenamePrompter(
     VarRenameConfig(num_chains=4, num_renames=150, dataset_path={out!r}, train_size=1_000_000, test_size=10_000))
-dsd = prompter.make_dataset(progress=False)
+dsd = make_dataset(prompter, progress=False)
 loaded = time.perf_counter()
 loader = ArrayLoader.from_dataset(dsd["train"], batch_size=128)
 ready = time.perf_counter()

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -18,7 +19,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 
+from iluvattnshun import rundir
+from iluvattnshun.config import Config, config_to_dict
 from iluvattnshun.files import atomic_write, temporary_target
 from iluvattnshun.rundir import CKPT_PATTERN, list_checkpoints
 
@@ -187,6 +191,117 @@ def find_resumable(directory: str | os.PathLike[str]) -> tuple[Path | None, list
     return None, skipped
 
 
+def find_resume(logdir: str, run_name: str, save_model_path: str | None) -> tuple[rundir.RunDir, str, list[str]]:
+    """What ``--resume`` continues: the newest loadable checkpoint of the newest run matching ``run_name`` that has
+    one. Returns the run, the checkpoint's path, and a line for each newer run or checkpoint passed over.
+
+    Raises:
+        ValueError: when no matching run has a loadable checkpoint (saying what was found instead).
+    """
+    runs = rundir.matching_runs(logdir, run_name)
+    if not runs:
+        listing = ", ".join(r.base for r in rundir.list_runs(logdir)[-10:]) or "none"
+        raise ValueError(f"resume: no run directory {run_name!r} under {logdir!r} (existing runs: {listing})")
+    owner = rundir.checkpoint_dir_owner(save_model_path) if save_model_path else None
+    skipped = []
+    for run in runs:
+        ckpt_dir = save_model_path or str(run.path)
+        if owner is not None and owner != os.path.abspath(run.path):
+            skipped.append(f"{ckpt_dir} holds the checkpoints of the run {owner}, not of {run.path}")
+            continue
+        path, unreadable = find_resumable(ckpt_dir)
+        skipped.extend(unreadable)
+        if path is not None:
+            return run, str(path), skipped
+        skipped.append(f"{ckpt_dir} holds no checkpoint (ckpt_*.pt)")
+    raise ValueError("resume: " + "; ".join(skipped))
+
+
+def resume_config_changes(checkpoint: Checkpoint, config: Config) -> tuple[dict[str, Any], list[str]]:
+    """Compare the config a checkpoint was trained with to the one resuming it.
+
+    Returns the saved config as a dict, and a line ``field: old -> new`` for each changed field (other than
+    ``resume``, ``run_name`` and fields left to ``auto``).
+
+    Raises:
+        ValueError: when a data field changed: the run would continue on other data.
+    """
+    old = yaml.safe_load(checkpoint.config) or {}
+    new = config_to_dict(config)
+    data_changes = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in config.data_fields() if k in old and old[k] != new[k]]
+    if data_changes:
+        raise ValueError(
+            f"resume: the run was trained on other data ({'; '.join(data_changes)}); resume it with its own data "
+            "settings, or start a new run"
+        )
+    diffs = [
+        f"{k}: {old[k]!r} -> {v!r}"
+        for k, v in new.items()
+        if k in old and old[k] != v and k not in ("resume", "run_name") and v != "auto"
+    ]
+    return old, diffs
+
+
+@dataclass
+class Resumed:
+    """What ``resume`` hands back to the trainer after loading the model, optimizer and scheduler."""
+
+    progress: Progress
+    rng: list[Any]
+    """Each rank's RNG state; empty when the number of ranks changed (the streams then start afresh)."""
+    run_name: str | None
+    """The run's own ``run_name`` (None: its config has none), which the resumed run records in its config."""
+    notices: list[tuple[str, str]]
+    """``(title, text)`` lines for the console: what was resumed, what changed."""
+
+
+def resume(
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    config: Config,
+    world_size: int,
+) -> Resumed:
+    """Load the checkpoint at ``path`` into model, optimizer and scheduler to continue its run under ``config``.
+
+    Raises:
+        ValueError: when the model does not match, or ``config`` changes a data field (see
+            ``resume_config_changes``).
+    """
+    checkpoint = read_checkpoint(path)
+    restore(checkpoint, model, optimizer, scheduler, source=repr(path))
+    progress = checkpoint.progress
+    notices = []
+    same_world = checkpoint.world_size == world_size
+    if not same_world:
+        # Each rank's data position and RNG stream only carry over with the same number of ranks.
+        notices.append(
+            (
+                "resume: world size changed",
+                f"checkpoint from {checkpoint.world_size} process(es), now {world_size}: restarting the current epoch",
+            )
+        )
+        progress.batch_idx = 0
+    old, diffs = resume_config_changes(checkpoint, config)
+    notices.append(
+        (f"resumed from {path} at step {progress.step:,}", ("config changes: " + "; ".join(diffs)) if diffs else "")
+    )
+    run_name = str(old["run_name"]) if "run_name" in old else None
+    return Resumed(progress, checkpoint.rng if same_world else [], run_name, notices)
+
+
+def class_path(cls: type) -> str:
+    """``module:QualName`` of a class (how a checkpoint's ``classes`` names it), naming the real module when it was
+    run with ``python -m``."""
+    module = cls.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+    return f"{module}:{cls.__qualname__}"
+
+
 def load_model_weights(path: str | os.PathLike[str], model: nn.Module) -> None:
     """Load only the model weights of a checkpoint file (a trainer's, the original code's, or a bare state dict).
 
@@ -256,28 +371,15 @@ def prune_checkpoints(
     return deleted[::-1]
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model: nn.Module | str | torch.device | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any | None = None,
-    map_location: str | torch.device | None = "cpu",
-) -> Any:
-    """Load a checkpoint with ``weights_only=True``: as a dict, or, given a model, into the model.
-
-    ``load_checkpoint(path)`` returns the checkpoint dict. ``load_checkpoint(path, model, optimizer=None,
-    scheduler=None)`` is the original call form: it loads the saved state into the model (and the optimizer and
-    scheduler when given) and returns ``(epoch, step, metrics)``; it reads this project's checkpoints and the
-    original code's (``model_state_dict``, ...), or a bare state dict. A second positional argument that is a
-    device means ``map_location``, as in the earlier ``load_checkpoint(path, "cpu")``.
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file's dict with ``weights_only=True`` (the original call form that loads into a model is
+    ``iluvattnshun.compat.load_checkpoint``, exported as ``iluvattnshun.utils.load_checkpoint``).
 
     Raises:
         FileNotFoundError: if there is no such file.
         ValueError: if the file is truncated or corrupt, holds Python objects that weights-only loading refuses
-            (a pickled model rather than a state dict), or holds no model state for ``model``.
+            (a pickled model rather than a state dict), or holds no dict.
     """
-    if isinstance(model, (str, torch.device)):
-        model, map_location = None, model
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
@@ -295,9 +397,23 @@ def load_checkpoint(
         raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
-    if model is None:
-        return state
-    load_model_state_dict(model, model_weights(state, path), source=path)
+    return state
+
+
+def load_state_into(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    source: str = "checkpoint",
+) -> tuple[Any, Any, Any]:
+    """Load a checkpoint dict (this project's, the original code's ``model_state_dict``, ..., or a bare state dict)
+    into the model, and into the optimizer and scheduler when given and saved; returns ``(epoch, step, metrics)``.
+
+    Raises:
+        ValueError: when the dict holds no model state for ``model``.
+    """
+    load_model_state_dict(model, model_weights(state, source), source=source)
     for target, keys in (
         (optimizer, ("optimizer", "optimizer_state_dict")),
         (scheduler, ("scheduler", "scheduler_state_dict")),

@@ -5,21 +5,21 @@
 - ``StreamingDataset``: an infinite ``IterableDataset`` of freshly generated batches, with a seed
   per (epoch, rank, worker, block) so that no two workers or ranks ever produce the same stream;
   ``StreamingLoader`` is the ``DataLoader`` for it (forwards ``set_epoch`` and ``skip`` for resuming).
-- ``WaitTimer``: wraps any iterable and adds up the time its consumer waits in ``next()``: the
-  numerator of a trainer's data-wait share (``wait_s / elapsed``).
+- ``WaitTimer`` (from ``batches.py``, where the trainer takes it): wraps any iterable and adds up the time its
+  consumer waits in ``next()``.
 
 Integer columns come out as int64 (``torch.long``) tensors, floating columns as float32/64, bools as bool.
 """
 
 import copy
-import time
-from typing import Any, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterator, Mapping, Sequence, TypeVar
 
 import datasets
 import numpy as np
 import torch
 import torch.utils.data
 
+from iluvattnshun.batches import WaitTimer as WaitTimer
 from iluvattnshun.datasets import dataset_arrays
 from iluvattnshun.prompter import Prompter
 
@@ -35,40 +35,6 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     return t.long() if arr.dtype.kind in "iu" else t
 
 
-class WaitTimer(Generic[T]):
-    """Iterates over ``iterable`` and records how long each ``next()`` took (the consumer's data wait).
-
-    ``wait_s`` and ``batches`` accumulate over every pass until ``reset()``.
-    """
-
-    def __init__(self, iterable: Iterable[T]) -> None:
-        self.iterable = iterable
-        self.wait_s = 0.0
-        self.batches = 0
-
-    def reset(self) -> None:
-        """Zero the counters (e.g. at every logging interval)."""
-        self.wait_s = 0.0
-        self.batches = 0
-
-    def __len__(self) -> int:
-        return len(self.iterable)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[T]:
-        start = time.perf_counter()
-        it = iter(self.iterable)
-        while True:
-            try:
-                item = next(it)
-            except StopIteration:
-                self.wait_s += time.perf_counter() - start
-                return
-            self.wait_s += time.perf_counter() - start
-            self.batches += 1
-            yield item
-            start = time.perf_counter()
-
-
 class ArrayLoader:
     """Shuffled, rank-sharded batches from equal-length arrays held in memory.
 
@@ -77,7 +43,7 @@ class ArrayLoader:
     ranks get the same number of batches (the remainder is dropped, or, with ``drop_last=False``,
     padded by wrapping around, as ``DistributedSampler`` does).
 
-    The loader times its own batch assembly in ``wait_s``. Iterating to the end advances the epoch;
+    Iterating to the end advances the epoch;
     ``set_epoch`` picks one explicitly and ``skip`` resumes in the middle of one.
     """
 
@@ -120,7 +86,6 @@ class ArrayLoader:
         self.world_size = world_size
         self.pin_memory = pin_memory
         self.epoch = 0
-        self.wait_s = 0.0
         self._skip = 0
         if self.drop_last and len(self) == 0:
             raise ValueError(
@@ -176,7 +141,6 @@ class ArrayLoader:
         return order[:total][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        start = time.perf_counter()
         indices = self.epoch_indices(self.epoch)
         first, self._skip = self._skip, 0
         for b in range(first, len(self)):
@@ -188,10 +152,7 @@ class ArrayLoader:
             batch = {k: to_tensor(v[idx]) for k, v in self.columns.items()}
             if self.pin_memory:
                 batch = {k: v.pin_memory() for k, v in batch.items()}
-            self.wait_s += time.perf_counter() - start
             yield batch
-            start = time.perf_counter()
-        self.wait_s += time.perf_counter() - start
         self.epoch += 1
 
 

@@ -21,7 +21,6 @@ layout, which nothing outside this module knows.
 """
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -32,7 +31,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -42,7 +41,7 @@ import xxhash
 from datasets.table import InMemoryTable
 from tqdm import tqdm
 
-from iluvattnshun.files import atomic_write
+from iluvattnshun.files import atomic_write, file_lock
 from iluvattnshun.prompter import TOKEN_COLUMNS, Prompter
 
 META_FILE = "iluvattnshun_dataset.json"
@@ -119,7 +118,7 @@ def make_dataset(
         except _CacheError as e:
             problem = e
     # One builder at a time per dataset: runs of a sweep started together wait for the first one's build.
-    with _exclusive_lock(root / f".lock-{final.name}"):
+    with file_lock(root / f".lock-{final.name}"):
         _remove_stale_temporaries(root)
         if final.exists():
             try:
@@ -541,22 +540,6 @@ def _remove_stale_temporaries(root: Path) -> None:
             continue  # another process removed it meanwhile
         if stale:
             shutil.rmtree(p, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock; concurrent builds then just race to rename
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,7 +6,9 @@ arithmetic. The ``Decoder`` runs the same weights through a step written for one
 its final size and written in place, attention reads the cache with two matrix products and a softmax, RoPE is
 one row of the precomputed tables and a roll, and every weight is looked up once, up front. The prompt is
 prefilled by the model itself; only the one-token steps take this path, and they compute what the model computes:
-greedy decoding gives the same tokens (``tests/test_decode.py``).
+greedy decoding gives the same tokens (``tests/test_decode.py``). The sampling loop and argument checks that
+``generate`` shares with the decoder live here too; the decoder reads its model through ``DecodableModel``, so this
+module imports nothing of ``iluvattnshun.nn`` (which imports it).
 
 Two ways to run the step:
 
@@ -24,12 +26,11 @@ import tempfile
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, cast
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, cast
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-
-from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer, check_generate_args, sampling_loop
 
 CPU_AOT_OPTIONS: dict[str, Any] = {
     "max_autotune": True,
@@ -39,6 +40,89 @@ CPU_AOT_OPTIONS: dict[str, Any] = {
 """AOTInductor settings for the compiled step on a CPU: autotuned matrix products (1.4x the untuned compiled step
 at batch 1 on this project's CPU, 2026-11-29), without printing the autotuning tables and statistics. On a GPU the
 step is compiled untuned until a GPU measurement says otherwise."""
+
+
+class DecodableModel(Protocol):
+    """What a ``Decoder`` reads of its model (``iluvattnshun.nn.MultilayerTransformer`` is one): the sizes, the
+    modules whose weights the step uses, and the general forward pass that prefills the prompt."""
+
+    dim_model: int
+    num_heads: int
+    head_dim: int
+    training: bool
+    token_embedding: nn.Embedding
+    layers: nn.ModuleList
+    final_norm: nn.LayerNorm
+    unembed: nn.Linear
+
+    def __call__(self, x: torch.Tensor, *, return_new_kv_cache: bool) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """Raise ``ValueError`` naming a bad argument of ``generate``."""
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Pick one token per row of (B, V) logits."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def sampling_loop(
+    model: "nn.Module | DecodableModel",
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    prefill: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[torch.Tensor, int], torch.Tensor],
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The loop both decoding paths share: ``prefill(prompt)`` gives the (B, V) logits after the (B, P) prompt,
+    ``step(token, position)`` feeds one sampled token (B,) and gives the next logits. The model is in eval mode for
+    the loop and restored afterwards. Returns (B, P + max_new_tokens) tokens."""
+    B, P = prompt.shape
+    out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+    out[:, :P] = prompt
+    if max_new_tokens == 0:
+        return out
+    was_training = model.training
+    model.eval()
+    try:
+        # Inference mode skips autograd's bookkeeping on every small op (about 15% of a token's time at batch 1);
+        # what it creates stays inside: ``out`` and the caches were allocated outside and are written in place.
+        with torch.inference_mode():
+            logits = prefill(prompt)
+            for i in range(max_new_tokens):
+                token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
+                out[:, P + i] = token
+                if i + 1 < max_new_tokens:
+                    logits = step(token, P + i)
+    finally:
+        model.train(was_training)
+    return out
 
 
 class _Layer(NamedTuple):
@@ -62,7 +146,7 @@ class Decoder:
     dtype needs a new decoder either way.
     """
 
-    def __init__(self, model: MultilayerTransformer, batch_size: int, capacity: int, compile: bool = False) -> None:
+    def __init__(self, model: DecodableModel, batch_size: int, capacity: int, compile: bool = False) -> None:
         """Args:
         model: the model.
         batch_size: prompts decoded together.
@@ -76,7 +160,7 @@ class Decoder:
         self.model = model
         self.batch_size = batch_size
         self.capacity = capacity
-        blocks = [cast(TransformerLayer, block) for block in model.layers]
+        blocks: list[Any] = list(model.layers)  # TransformerLayer modules
         self.layers = [
             _Layer(
                 (b.norm_attn.weight, b.norm_attn.bias, b.norm_attn.eps),
@@ -96,8 +180,10 @@ class Decoder:
             self.cache = [torch.zeros(shape, device=param.device, dtype=param.dtype) for _ in range(2 * len(blocks))]
             self.slots = torch.arange(capacity, device=param.device)  # (capacity,) the compiled step's mask
             self.position = torch.zeros((), dtype=torch.long, device=param.device)  # the compiled step's input
-        rotary = blocks[0].attn.rotary if blocks else RotaryEmbedding(model.head_dim)
-        self.cos, self.sin = rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
+        if blocks:
+            self.cos, self.sin = blocks[0].attn.rotary.tables(capacity, param.device, param.dtype)  # (capacity, D)
+        else:  # no attention layer reads them
+            self.cos = self.sin = torch.zeros(capacity, model.head_dim, device=param.device, dtype=param.dtype)
         self.scale = 1.0 / math.sqrt(model.head_dim)
         self.compiled: Callable[..., torch.Tensor] | None = None
         if compile:
@@ -201,7 +287,7 @@ class Decoder:
         return F.linear(x, model.unembed.weight)  # (B, V)
 
 
-def weights_state(model: torch.nn.Module) -> list[tuple[int, int, torch.dtype, torch.device, int]]:
+def weights_state(model: "torch.nn.Module | DecodableModel") -> list[tuple[int, int, torch.dtype, torch.device, int]]:
     """What changes when a parameter does: the parameter object (a load with ``assign=True`` replaces it), its
     storage, dtype and device (``.to`` replaces them) and its in-place version counter (an optimizer step or a
     copying load moves it). Writes through ``.data`` leave no trace."""

@@ -6,10 +6,12 @@ callers only use them at points every rank reaches deterministically.
 """
 
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def env_rank() -> int:
@@ -87,3 +89,47 @@ def barrier() -> None:
     """Wait for all ranks (no-op in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+def resolve_device(name: str, world_size: int, local_rank: int) -> torch.device:
+    """The device a ``--device`` value names: auto is cuda when available, else cpu; under ``torchrun`` each
+    process takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def check_device(device: torch.device, name: str) -> None:
+    """Refuse a device that this machine does not have (``name``: the ``--device`` value asked for).
+
+    Raises:
+        ValueError: naming the device and what is available instead.
+    """
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} was asked for, but no CUDA GPU is available (--device=cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device: {name!r}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {name!r} was asked for, but MPS is not available here (--device=cpu)")
+
+
+def on_main_then_broadcast(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and return its result on every rank.
+
+    Raises:
+        ValueError: on every rank, with the message of the ``ValueError`` or ``OSError`` that ``fn`` raised.
+    """
+    error, result = None, None
+    if env_rank() == 0:
+        try:
+            result = fn()
+        except (ValueError, OSError) as e:
+            error = str(e)
+    error, result = broadcast_object((error, result))
+    if error is not None:
+        raise ValueError(error)
+    value: T = result
+    return value

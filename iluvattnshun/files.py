@@ -1,11 +1,13 @@
-"""Writing files safely: atomic replacement, and probing that a directory can be written before work starts."""
+"""Writing files safely: atomic replacement, cross-process locks, and probing that a directory can be written before
+work starts."""
 
+import contextlib
 import os
 import re
 import secrets
 import stat
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
 Writer = Callable[[IO[bytes]], None]
 """A function that writes a file's content to a binary file object (e.g. ``lambda f: torch.save(state, f)``)."""
@@ -133,3 +135,34 @@ def check_writable(directory: str | os.PathLike[str], what: str) -> None:
                 p.rmdir()
             except OSError:
                 pass
+
+
+class LockHeld(Exception):
+    """``file_lock(..., wait=False)`` found the lock held by another process."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    The operating system releases the lock when the process dies, so a killed holder never leaves it taken. Where
+    ``flock`` does not exist (not POSIX) the block runs without a lock.
+
+    Args:
+        path: the lock file.
+        wait: wait for another holder to release it; with False, raise ``LockHeld`` at once instead.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockHeld(os.fspath(path)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -2,42 +2,52 @@
 
 The field names are ``MultilayerTransformer``'s argument names, so a value travels from ``--num_layers`` to
 the module without renaming; the original names (``d_model``, ``n_heads``, ``n_layers``) are accepted as
-aliases on the command line, in YAML and by the model's constructor, and nowhere else.
+aliases on the command line, in YAML and by the model's constructor, and nowhere else. The defaults are the
+constructor's: one set, written once, in ``MultilayerTransformer.__init__``.
 """
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from iluvattnshun.config import Config
-from iluvattnshun.nn import ORIGINAL_NAMES, MultilayerTransformer
+from iluvattnshun.compat import MODEL_NAMES
+from iluvattnshun.nn import MultilayerTransformer
+
+_DEFAULTS: dict[str, Any] = {
+    name: param.default
+    for name, param in inspect.signature(MultilayerTransformer.__init__).parameters.items()
+    if param.default is not inspect.Parameter.empty
+}
+"""``MultilayerTransformer``'s argument defaults: the field defaults below."""
 
 
 @dataclass(kw_only=True)
 class ModelConfig(Config):
     """Shape of the RoPE transformer."""
 
-    ALIASES = ORIGINAL_NAMES
+    ALIASES = MODEL_NAMES
 
-    num_layers: int = 4
+    num_layers: int = _DEFAULTS["num_layers"]
     """Number of transformer layers."""
-    dim_model: int = 128
+    dim_model: int = _DEFAULTS["dim_model"]
     """Width of the residual stream."""
-    num_heads: int = 4
+    num_heads: int = _DEFAULTS["num_heads"]
     """Attention heads per layer (dim_model must be divisible by it, with an even quotient for RoPE)."""
-    rope_base: float = 10000.0
+    rope_base: float = _DEFAULTS["rope_base"]
     """RoPE base: smaller values rotate faster and favour local attention."""
-    dropout_attn: float = 0.0
+    dropout_attn: float = _DEFAULTS["dropout_attn"]
     """Dropout on each attention block's output."""
-    dropout_mlp: float = 0.0
+    dropout_mlp: float = _DEFAULTS["dropout_mlp"]
     """Dropout on each MLP block's output."""
-    dropout_emb: float = 0.0
+    dropout_emb: float = _DEFAULTS["dropout_emb"]
     """Dropout on the token embeddings."""
-    tie_weights: bool = False
+    tie_weights: bool = _DEFAULTS["tie_weights"]
     """Use the token embedding as the output projection (a predicted token and the same token read as input
     then share one direction in the residual stream)."""
-    qk_norm: bool = False
+    qk_norm: bool = _DEFAULTS["qk_norm"]
     """RMS-normalise each head's queries and keys (with a learnable gain) before RoPE: keeps the attention softmax
     out of its flat regime, which shortens the first plateau of multi-hop tasks (bench/RESULTS.md)."""
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ORIGINAL_NAMES = {"d_model": "dim_model", "n_heads": "num_heads", "n_layers": "num_layers"}
-"""The constructor's original argument names and the current ones (the names of the command line and configs)."""
+from iluvattnshun.compat import model_sizes
+from iluvattnshun.decode import Decoder, check_generate_args, sampling_loop
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 """A hook receives an activation and its name; returning a tensor replaces the activation."""
@@ -355,8 +355,8 @@ class TransformerLayer(_Hookable):
         dim_model: int,
         num_heads: int,
         rope_base: float = 10000.0,
-        dropout_attn: float = 0.1,
-        dropout_mlp: float = 0.1,
+        dropout_attn: float = 0.0,
+        dropout_mlp: float = 0.0,
         bias: bool = True,
         layer_idx: int = 0,
         qk_norm: bool = False,
@@ -414,26 +414,23 @@ class MultilayerTransformer(_Hookable):
     def __init__(
         self,
         vocab_size: int,
-        dim_model: int = 512,
-        num_heads: int = 8,
-        num_layers: int = 12,
+        dim_model: int = 128,
+        num_heads: int = 4,
+        num_layers: int = 4,
         rope_base: float = 10000.0,
-        dropout_attn: float = 0.1,
-        dropout_mlp: float = 0.1,
-        dropout_emb: float = 0.1,
+        dropout_attn: float = 0.0,
+        dropout_mlp: float = 0.0,
+        dropout_emb: float = 0.0,
         bias: bool = True,
         tie_weights: bool = False,
         qk_norm: bool = False,
         **original_names: int,
     ) -> None:
-        """Args are ``ModelConfig``'s fields; the original names ``d_model``, ``n_heads`` and ``n_layers`` are
+        """Args are ``ModelConfig``'s fields, and these defaults are its defaults (it reads them from here); the
+        original names ``d_model``, ``n_heads`` and ``n_layers`` are
         accepted for ``dim_model``, ``num_heads`` and ``num_layers``."""
         super().__init__()
-        sizes = {"dim_model": dim_model, "num_heads": num_heads, "num_layers": num_layers}
-        for old, value in original_names.items():
-            if old not in ORIGINAL_NAMES:
-                raise TypeError(f"MultilayerTransformer got an unexpected keyword argument {old!r}")
-            sizes[ORIGINAL_NAMES[old]] = value
+        sizes = model_sizes({"dim_model": dim_model, "num_heads": num_heads, "num_layers": num_layers}, original_names)
         dim_model, num_heads, num_layers = sizes["dim_model"], sizes["num_heads"], sizes["num_layers"]
         # The constructor arguments: MultilayerTransformer(**model.init_kwargs) builds the same architecture.
         self.init_kwargs: dict[str, Any] = {
@@ -589,8 +586,6 @@ class MultilayerTransformer(_Hookable):
         check_generate_args(prompt, max_new_tokens, temperature, top_k)
         B, P = prompt.shape
         if fast and not self._hook_fns:
-            from iluvattnshun.decode import Decoder  # the decoder is built on this module
-
             decoder = Decoder(self, B, P + max_new_tokens)  # sized for this call: no check left to repeat
             return sampling_loop(
                 self, prompt, max_new_tokens, decoder.prefill, decoder.step, temperature, top_k, generator
@@ -683,67 +678,6 @@ class MultilayerTransformer(_Hookable):
         out = self.run_with_hooks(x, {n: record for n in selected}, **kwargs)
         order = {n: i for i, n in enumerate(self._names)}
         return out.logits, dict(sorted(cache.items(), key=lambda kv: order[kv[0]]))
-
-
-def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """Raise ``ValueError`` naming a bad argument of ``generate``."""
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-
-
-def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Pick one token per row of (B, V) logits."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-def sampling_loop(
-    model: nn.Module,
-    prompt: torch.Tensor,
-    max_new_tokens: int,
-    prefill: Callable[[torch.Tensor], torch.Tensor],
-    step: Callable[[torch.Tensor, int], torch.Tensor],
-    temperature: float,
-    top_k: int | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """The loop both decoding paths share: ``prefill(prompt)`` gives the (B, V) logits after the (B, P) prompt,
-    ``step(token, position)`` feeds one sampled token (B,) and gives the next logits. The model is in eval mode for
-    the loop and restored afterwards. Returns (B, P + max_new_tokens) tokens."""
-    B, P = prompt.shape
-    out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
-    out[:, :P] = prompt
-    if max_new_tokens == 0:
-        return out
-    was_training = model.training
-    model.eval()
-    try:
-        # Inference mode skips autograd's bookkeeping on every small op (about 15% of a token's time at batch 1);
-        # what it creates stays inside: ``out`` and the caches were allocated outside and are written in place.
-        with torch.inference_mode():
-            logits = prefill(prompt)
-            for i in range(max_new_tokens):
-                token = sample_tokens(logits, temperature, top_k, generator)  # (B,)
-                out[:, P + i] = token
-                if i + 1 < max_new_tokens:
-                    logits = step(token, P + i)
-    finally:
-        model.train(was_training)
-    return out
 
 
 def flops_per_token(model: MultilayerTransformer, seq_len: int, training: bool = True) -> float:

@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from iluvattnshun.compat import OPTIM_NAMES
 from iluvattnshun.config import Config
 
 
@@ -16,7 +17,7 @@ from iluvattnshun.config import Config
 class OptimConfig(Config):
     """AdamW with linear warmup and an optional decay."""
 
-    ALIASES = {"learning_rate": "lr", "lr_start_factor": "warmup_start_factor"}
+    ALIASES = OPTIM_NAMES
 
     lr: float = 1e-3
     """Peak learning rate."""

@@ -13,18 +13,14 @@ Prompts shorter than ``max_seq_len`` are right-padded with ``PAD_CHAR`` (answer:
 ``META_PAD``). Caching a prompter's examples as a versioned dataset is ``iluvattnshun.datasets``' job.
 """
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from iluvattnshun.config import Config, declared_config_class
-
-if TYPE_CHECKING:
-    import datasets
 
 META_PAD = -1
 """Metadata value on padding positions (those positions never carry a target)."""
@@ -280,37 +276,8 @@ class Prompter(ABC, Generic[C]):
                 out[key] = arr.astype(smallest_int_dtype(lo, hi), copy=False)
         return out
 
-    # --- datasets ---------------------------------------------------------------------------------
-
-    # --- datasets ---------------------------------------------------------------------------------
-
     @classmethod
     def config_class(cls) -> type[PromptConfig]:
         """The config class this prompter is declared for (``Prompter[TheConfig]``)."""
         config_class: type[PromptConfig] = declared_config_class(cls, Prompter)
         return config_class
-
-    def make_dataset(
-        self,
-        path: str | None = None,
-        train_size: int | None = None,
-        test_size: int | None = None,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> "datasets.DatasetDict":
-        """The cached dataset of this prompter (``iluvattnshun.datasets.make_dataset``).
-
-        The arguments are the original call form: each one given replaces the config's ``dataset_path``,
-        ``train_size``, ``test_size`` or ``data_seed``; ``kwargs`` go to ``make_dataset``.
-        """
-        from iluvattnshun.datasets import make_dataset
-
-        given: dict[str, Any] = {
-            "dataset_path": path,
-            "train_size": train_size,
-            "test_size": test_size,
-            "data_seed": seed,
-        }
-        changes = {k: v for k, v in given.items() if v is not None}
-        prompter = type(self)(dataclasses.replace(self.config, **changes)) if changes else self
-        return make_dataset(prompter, **kwargs)

@@ -6,11 +6,15 @@ elsewhere). ``N`` is allocated atomically, so runs started at the same moment ge
 """
 
 import contextlib
+import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from iluvattnshun.files import LockHeld, file_lock
 
 RUN_PATTERN = re.compile(r"^run_(\d+)(?:_(.*))?$")
 """``run_<N>`` or ``run_<N>_<name>``."""
@@ -47,6 +51,21 @@ def checkpoint_dir_owner(directory: str | os.PathLike[str]) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return text or None
+
+
+def check_checkpoint_dir_unused(directory: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint directory (``save_model_path``) for a new run when it already holds another run's.
+
+    Raises:
+        ValueError: naming the run that owns it, when it is claimed or holds checkpoints.
+    """
+    owner = checkpoint_dir_owner(directory)
+    if owner or list_checkpoints(directory):
+        raise ValueError(
+            f"save_model_path: {os.fspath(directory)!r} holds the checkpoints of "
+            f"{'the run ' + owner if owner else 'another run'}; a checkpoint directory belongs to one run: choose "
+            "another directory, or --resume that run"
+        )
 
 
 def claim_checkpoint_dir(directory: str | os.PathLike[str], run_path: str | os.PathLike[str]) -> None:
@@ -123,19 +142,10 @@ class RunDir:
             ValueError: when another process holds it (two processes must never train in one run directory).
         """
         try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            yield
-            return
-        with open(self.path / LOCK_FILE, "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ValueError(f"{self.path} is in use by another process (a run is training in it)") from None
-            try:
+            with file_lock(self.path / LOCK_FILE, wait=False):
                 yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        except LockHeld:
+            raise ValueError(f"{self.path} is in use by another process (a run is training in it)") from None
 
 
 def list_runs(logdir: str | os.PathLike[str]) -> list[RunDir]:
@@ -178,3 +188,14 @@ def matching_runs(logdir: str | os.PathLike[str], run_name: str) -> list[RunDir]
         return [RunDir(Path(logdir) / run_name)]
     runs = [r for r in list_runs(logdir) if not run_name or r.name == run_name]
     return runs[::-1]
+
+
+def task_source_file(classes: list[type]) -> str | None:
+    """The file to snapshot as the run's script: the script run as ``python script.py`` when it defines one of the
+    task's classes (``load_run`` then needs it), else the module of the most specific one (the last)."""
+    main = sys.modules.get("__main__")
+    source_file = getattr(main, "__file__", None) if any(c.__module__ == "__main__" for c in classes) else None
+    if source_file is None:
+        with contextlib.suppress(TypeError):
+            source_file = inspect.getsourcefile(classes[-1])
+    return source_file if source_file and os.path.isfile(source_file) else None

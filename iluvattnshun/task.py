@@ -36,7 +36,8 @@ from iluvattnshun.model_config import ModelConfig, build_model
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.optim import OptimConfig
 from iluvattnshun.prompter import PromptConfig, Prompter
-from iluvattnshun.trainer import Trainer, TrainerConfig, run_from_command_line
+from iluvattnshun.cli import run_from_command_line
+from iluvattnshun.trainer import Trainer, TrainerConfig
 from iluvattnshun.viz import attention_image
 
 

@@ -10,74 +10,61 @@ Loop order for each optimizer step: take ``grad_accum_steps`` micro-batches from
 forward/backward each -> clip -> optimizer and scheduler step -> log (every ``log_every_n_seconds``) ->
 evaluate (every ``eval_every_n_samples``) -> checkpoint (every ``save_every_n_seconds``) -> stop checks.
 
-Dataloader protocol (all optional, for exact resume and sharding): ``set_epoch(epoch)`` is called before each
-epoch is iterated; on a mid-epoch resume ``skip(n)`` is called (after ``set_epoch``) so that the next
-iteration starts at batch ``n``; without ``skip`` the first ``n`` batches are drawn and dropped. Loaders
-shard by ``self.rank`` / ``self.world_size`` and must give every rank the same number of equally sized
-batches (DDP synchronises every backward pass).
-
-This is the package's longest module, and it is one concept: budgets, evaluation, checkpoints, resume, signals and
-DDP all act at fixed points of the same step, so the step's order is read in one file (the model and optimiser
-recipes, run directories, checkpoint files and configs live in their own modules).
+Dataloaders follow the protocol of ``batches.py`` (``set_epoch``, ``skip``: optional, for exact resume), shard by
+``self.rank`` / ``self.world_size`` and must give every rank the same number of equally sized batches (DDP
+synchronises every backward pass). What the loop carries between steps is one ``LoopState`` (``loop_state.py``).
 """
 
 import collections.abc
 import contextlib
 import dataclasses
 import gc
-import inspect
 import itertools
 import math
 import os
 import re
 import shutil
 import signal
-import sys
-import threading
 import time
-import types
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime
-from typing import Any, Callable, Generic, Iterable, Iterator, Literal, Mapping, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterable, Literal, Mapping, TypeVar
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from iluvattnshun import distributed as tdist
 from iluvattnshun import rundir, speed
-from iluvattnshun.batches import batch_size_of, first_tensor, first_token_count, iter_tensors, move_to_device
+from iluvattnshun.batches import WaitTimer, batch_size_of, batch_stream, first_token_count, move_to_device
 from iluvattnshun.checkpoint import (
     Checkpoint,
     Progress,
+    class_path,
     cleanup_temp_files,
-    find_resumable,
+    find_resume,
     get_rng_state,
     load_checkpoint,
     load_model_weights,
     prune_checkpoints,
-    read_checkpoint,
-    restore,
+    resume,
     seed_everything,
     set_rng_state,
     write_checkpoint,
 )
-from iluvattnshun.config import (
-    Config,
-    config_to_dict,
-    declared_config_class,
-    get_yaml_string,
-    parse_config,
-    unparsed_options,
-)
+from iluvattnshun.cli import ConfigError, StopSignals, check_parsed_from_command_line, run_from_command_line
+from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string
 from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
+from iluvattnshun.loop_state import LogWindow, LoopState
+from iluvattnshun.metrics import MetricSums
 from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
+
+__all__ = ["ConfigError", "NonFiniteLossError", "Trainer", "TrainerConfig", "class_path", "run_from_command_line"]
 
 _SYNC_EVERY = 8
 """In a distributed run, ranks agree on time-based events (stop, save) every this many steps."""
@@ -186,11 +173,6 @@ class TrainerConfig(Config):
 C = TypeVar("C", bound=TrainerConfig)
 
 
-class ConfigError(ValueError):
-    """The run cannot start with these settings; raised by ``run()`` before anything is created (a command line
-    reports it in one line and exits with status 2)."""
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite and ``skip_nonfinite`` is off."""
 
@@ -203,90 +185,6 @@ class _Interrupted(Exception):
     """A signal arrived during an evaluation: its partial metrics are dropped."""
 
 
-def class_path(cls: type) -> str:
-    """``module:QualName`` of a class, naming the real module when it was run with ``python -m``."""
-    module = cls.__module__
-    if module == "__main__":
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if spec is not None and spec.name:
-            module = spec.name
-    return f"{module}:{cls.__qualname__}"
-
-
-DEBUG_ENV = "ILUVATTNSHUN_DEBUG"
-"""Set (to anything but 0) to see tracebacks of errors on the command line, as ``--debug`` does."""
-
-
-def run_from_command_line(
-    config_class: type[C],
-    make_trainer: "Callable[[C], Trainer[Any]]",
-    argv: list[str] | None,
-    presets: Mapping[str, Callable[[], C]] | None = None,
-    default_preset: str | None = None,
-) -> None:
-    """Parse the command line into a ``config_class``, build a trainer from it and run it, as a program.
-
-    Bad input ends before any work with one ``error: ...`` line and exit status 2 (a bad flag or value, or a
-    ``ConfigError`` from ``run()``); a crash with one line and status 1; a run stopped by a signal, after saving,
-    with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM). ``--debug`` (or ``ILUVATTNSHUN_DEBUG=1``) shows
-    the traceback instead.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
-    config = parse_config(
-        config_class, [a for a in args if a != "--debug"], presets=presets, default_preset=default_preset
-    )
-    trainer = None
-    try:
-        with _terminate_as_exception():
-            trainer = make_trainer(config)
-            trainer.run()
-    except (KeyboardInterrupt, _Terminated) as e:
-        if debug:
-            raise
-        signum = signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
-        if trainer is None or trainer.run_dir is None:
-            where = "before training started; nothing was saved"
-        else:
-            where = f"outside the training loop; last checkpoint: {trainer._last_checkpoint()}"
-        print(f"error: stopped by {signum.name} {where}", file=sys.stderr)
-        raise SystemExit(128 + signum) from None
-    except ConfigError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception as e:
-        if debug:
-            raise
-        message = " ".join(str(e).split())
-        print(f"error: {type(e).__name__}: {message} (--debug shows the traceback)", file=sys.stderr)
-        raise SystemExit(1) from None
-    if trainer.stopped_by_signal is not None:
-        raise SystemExit(128 + trainer.stopped_by_signal)
-
-
-class _Terminated(BaseException):
-    """SIGTERM outside the training loop (which saves and stops on it): ends the program like Ctrl-C does."""
-
-
-@contextlib.contextmanager
-def _terminate_as_exception() -> Iterator[None]:
-    """While the block runs, SIGTERM raises ``_Terminated`` (the loop installs its own handler over this one)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: types.FrameType | None) -> None:
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class Trainer(ABC, Generic[C]):
     """Owns the training loop; subclasses provide the task through hook methods.
 
@@ -295,20 +193,12 @@ class Trainer(ABC, Generic[C]):
     ``progress``.
     """
 
+    # Set by run() before any hook that uses them is called.
     model: nn.Module
     optimizer: Optimizer
     scheduler: LRScheduler | None
     train_loader: Iterable[Any]
     val_loader: Iterable[Any]
-    _recorded_config: TrainerConfig
-    _clock: float
-    """When training time was last folded into ``progress.train_time_s``."""
-    """The config written to the run YAML and checkpoints (on resume: without resume=True)."""
-    # Accumulators of the current logging window (device tensors: read back only when logging).
-    _log_loss_sum: torch.Tensor
-    _log_loss_weight: int
-    _log_grad_norm_sum: torch.Tensor
-    _log_grad_norm_count: int
 
     def __init__(self, config: C) -> None:
         """Store the (already validated) config and call ``init_state``; nothing touches the disk or the RNGs
@@ -318,17 +208,26 @@ class Trainer(ABC, Generic[C]):
         self.world_size = tdist.env_world_size()
         self.local_rank = tdist.env_local_rank()
         self.is_main = self.rank == 0
-        self.device = self._resolve_device(config.device)
+        self.device = tdist.resolve_device(config.device, self.world_size, self.local_rank)
         self.logger: Logger = NullLogger()
         self.run_dir: str | None = None
         self.ckpt_dir: str | None = None
         self.progress = Progress()
         self.last_val_metrics: dict[str, Any] = {}
         self.stopped_by_signal: int | None = None
+        """The signal (SIGINT, SIGTERM) that stopped the last ``run()`` after saving, or None."""
         self.speed = speed.SpeedChoice(
             config.compile is True, "fp32" if config.precision == "auto" else config.precision, ""
         )
-        """The signal (SIGINT, SIGTERM) that stopped the last ``run()`` after saving, or None."""
+        self._recorded_config: TrainerConfig = config
+        """The config written to the run YAML and checkpoints (on resume: without resume=True)."""
+        self._notices: list[tuple[str, str]] = []
+        """Notices found before the logger exists, shown once it does."""
+        self._resumed_from: str | None = None
+        """The checkpoint this run resumed from (never pruned by keep_last_n)."""
+        self._signals = StopSignals()
+        self._loop: LoopState | None = None
+        """What the loop carries between steps, while ``run()`` trains."""
         self.init_state()
 
     @classmethod
@@ -440,14 +339,6 @@ class Trainer(ABC, Generic[C]):
     # ------------------------------------------------------------------------------------------------------
     # Setup
 
-    def _resolve_device(self, name: str) -> torch.device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(name)
-        if device.type == "cuda" and self.world_size > 1:
-            device = torch.device("cuda", self.local_rank)
-        return device
-
     @property
     def _distributed(self) -> bool:
         return self.world_size > 1
@@ -465,51 +356,27 @@ class Trainer(ABC, Generic[C]):
             dirs["save_model_path"] = cfg.save_model_path
         return dirs
 
-    def _preflight(self) -> tuple[rundir.RunDir, str] | None:
-        """Rank 0, before any work: output directories writable, the checkpoint to resume (the newest loadable
-        one of the newest matching run that has one) or ``load_model_path`` readable. Returns what to resume."""
+    def _preflight(self, held: contextlib.ExitStack) -> tuple[str, str] | None:
+        """Rank 0, before any work: the device exists, output directories are writable, the checkpoint to resume
+        (held locked in ``held``) or ``load_model_path`` is readable. Returns the run directory and checkpoint to
+        resume, if any."""
         cfg = self.config
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {cfg.device!r} was asked for, but no CUDA GPU is available (--device=cpu)")
-        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"device: {cfg.device!r}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-        if self.device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device: {cfg.device!r} was asked for, but MPS is not available here (--device=cpu)")
+        tdist.check_device(self.device, cfg.device)
         for field, directory in self.output_dirs().items():
             check_writable(directory, field)
         if cfg.load_model_path:
             if not os.path.isfile(cfg.load_model_path):
                 raise ValueError(f"load_model_path: no such file {cfg.load_model_path!r}")
             load_checkpoint(cfg.load_model_path)  # unreadable: refused now, not after the run directory exists
-        owner = rundir.checkpoint_dir_owner(cfg.save_model_path) if cfg.save_model_path else None
-        if cfg.save_model_path and not cfg.resume and (owner or rundir.list_checkpoints(cfg.save_model_path)):
-            raise ValueError(
-                f"save_model_path: {cfg.save_model_path!r} holds the checkpoints of "
-                f"{'the run ' + owner if owner else 'another run'}; a checkpoint directory belongs to one run: choose "
-                "another directory, or --resume that run"
-            )
+        if cfg.save_model_path and not cfg.resume:
+            rundir.check_checkpoint_dir_unused(cfg.save_model_path)
         if not cfg.resume:
             return None
-        runs = rundir.matching_runs(cfg.tensorboard_logdir, cfg.run_name)
-        if not runs:
-            listing = ", ".join(r.base for r in rundir.list_runs(cfg.tensorboard_logdir)[-10:]) or "none"
-            raise ValueError(
-                f"resume: no run directory {cfg.run_name!r} under {cfg.tensorboard_logdir!r} (existing runs: {listing})"
-            )
-        skipped = []
-        for run in runs:
-            ckpt_dir = cfg.save_model_path or str(run.path)
-            if owner is not None and owner != os.path.abspath(run.path):
-                skipped.append(f"{ckpt_dir} holds the checkpoints of the run {owner}, not of {run.path}")
-                continue
-            path, unreadable = find_resumable(ckpt_dir)
-            skipped.extend(unreadable)
-            if path is not None:
-                if skipped:
-                    self._notices.append(("resume: falling back", "\n".join(skipped)))
-                return run, str(path)
-            skipped.append(f"{ckpt_dir} holds no checkpoint (ckpt_*.pt)")
-        raise ValueError("resume: " + "; ".join(skipped))
+        run, path, skipped = find_resume(cfg.tensorboard_logdir, cfg.run_name, cfg.save_model_path)
+        if skipped:
+            self._notices.append(("resume: falling back", "\n".join(skipped)))
+        held.enter_context(run.lock())  # a second process resuming this run is refused
+        return str(run.path), path
 
     def _allocate_run_dir(self) -> str:
         """Rank 0 creates a fresh run directory; every rank gets its path."""
@@ -520,65 +387,27 @@ class Trainer(ABC, Generic[C]):
         result: str = tdist.broadcast_object(path)
         return result
 
+    def _claim_checkpoint_dir(self, resumed: bool) -> None:
+        """Rank 0: record that ``save_model_path`` holds this run's checkpoints (refused when a run started at the
+        same moment claimed it first: a fresh run directory is then removed again)."""
+        assert self.run_dir is not None and self.config.save_model_path
+        try:
+            rundir.claim_checkpoint_dir(self.config.save_model_path, self.run_dir)
+        except (ValueError, OSError):
+            if not resumed:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
     def _write_run_files(self, resumed: bool) -> None:
         assert self.run_dir is not None
         run = rundir.RunDir(Path(self.run_dir))
         self.logger.log_text(run.config_path.name, get_yaml_string(self._recorded_config))
         if resumed and run.script_path.exists():
             return
-        # The code that defines the task: the script run as `python script.py` when it defines one of the task
-        # classes (load_run then needs it), else the module of the most specific task class.
-        classes = list(self.task_classes().values())
-        main = sys.modules.get("__main__")
-        source_file = getattr(main, "__file__", None) if any(c.__module__ == "__main__" for c in classes) else None
-        if source_file is None:
-            with contextlib.suppress(TypeError):
-                source_file = inspect.getsourcefile(classes[-1])
-        if source_file and os.path.isfile(source_file):
+        source_file = rundir.task_source_file(list(self.task_classes().values()))
+        if source_file is not None:
             with open(source_file, encoding="utf-8") as f:
                 self.logger.log_text(run.script_path.name, f.read())
-
-    def _restore(self, path: str) -> list[Any]:
-        """Load a trainer checkpoint into model, optimizer, scheduler and counters; returns the RNG states."""
-        ckpt = read_checkpoint(path)
-        restore(ckpt, self.model, self.optimizer, self.scheduler, source=repr(path))
-        self.progress = ckpt.progress
-        saved_world = ckpt.world_size
-        if saved_world != self.world_size:
-            # Each rank's data position and RNG stream only carry over with the same number of ranks.
-            self._notices.append(
-                (
-                    "resume: world size changed",
-                    f"checkpoint from {saved_world} process(es), now {self.world_size}: restarting the current epoch",
-                )
-            )
-            self.progress.batch_idx = 0
-        old = yaml.safe_load(ckpt.config) or {}
-        new = config_to_dict(self.config)
-        data_changes = [
-            f"{k}: {old[k]!r} -> {new[k]!r}" for k in self.config.data_fields() if k in old and old[k] != new[k]
-        ]
-        if data_changes:
-            raise ValueError(
-                f"resume: the run was trained on other data ({'; '.join(data_changes)}); resume it with its own data "
-                "settings, or start a new run"
-            )
-        diffs = [
-            f"{k}: {old[k]!r} -> {v!r}"
-            for k, v in new.items()
-            if k in old and old[k] != v and k not in ("resume", "run_name") and v != "auto"
-        ]
-        # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
-        self._recorded_config = dataclasses.replace(
-            self.config, resume=False, run_name=str(old.get("run_name", self.config.run_name))
-        )
-        self._notices.append(
-            (
-                f"resumed from {path} at step {self.progress.step:,}",
-                ("config changes: " + "; ".join(diffs)) if diffs else "",
-            )
-        )
-        return ckpt.rng if saved_world == self.world_size else []
 
     # ------------------------------------------------------------------------------------------------------
     # Run
@@ -590,21 +419,16 @@ class Trainer(ABC, Generic[C]):
             ConfigError: before any work, when the run cannot start with this config, or when the process's command
                 line holds ``--field=value`` flags for this config that nothing parsed (use ``MyTrainer.main()``).
         """
-        ignored = unparsed_options(self.config, sys.argv[1:])
-        if ignored:
-            raise ConfigError(
-                f"the command line has {' '.join(ignored)}, but this config was not parsed from it: the flags would "
-                f"be ignored. End the script with {type(self).__name__}.main() (or build the config with "
-                "iluvattnshun.config.parse_config)"
-            )
+        check_parsed_from_command_line(self.config, type(self).__name__)
         created_group = tdist.init_process_group(self.device)
         try:
             self._run()
         finally:
-            if isinstance(getattr(self, "_train_model", None), DistributedDataParallel):
+            loop, self._loop = self._loop, None
+            if loop is not None and isinstance(loop.train_model, DistributedDataParallel):
                 # DDP's reducer holds the group's pending work; freed at interpreter exit, after the group is
                 # gone, it can abort the process ("terminate called without an active exception").
-                del self._train_model
+                del loop
                 gc.collect()
             if created_group:
                 tdist.destroy_process_group()
@@ -612,31 +436,25 @@ class Trainer(ABC, Generic[C]):
     def _run(self) -> None:
         cfg = self.config
         seed_everything(cfg.seed + self.rank)
-        self._notices: list[tuple[str, str]] = []  # shown once the logger exists
+        self._notices = []
         with contextlib.ExitStack() as held:
             try:
                 # Everything that can refuse the run, before anything is created (a dataset cache aside).
-                error, found = None, None
-                if self.is_main:
-                    try:
-                        resume = self._preflight()
-                        if resume is not None:
-                            held.enter_context(resume[0].lock())  # a second process resuming this run is refused
-                            found = (str(resume[0].path), resume[1])
-                    except (ValueError, OSError) as e:
-                        error = str(e)
-                error, found = tdist.broadcast_object((error, found))
-                if error is not None:
-                    raise ValueError(error)
+                found = tdist.on_main_then_broadcast(lambda: self._preflight(held))
                 resume_path, resume_ckpt = found if found is not None else (None, None)
-                self._recorded_config = self.config  # on resume, _restore records the run's own name
+                self._recorded_config = self.config
                 self.setup()
                 self.model = self.get_model().to(self.device)
                 self.optimizer = self.get_optimizer(self.model)
                 self.scheduler = self.get_scheduler(self.optimizer)
                 rng_states: list[Any] = []
                 if resume_ckpt is not None:
-                    rng_states = self._restore(resume_ckpt)
+                    resumed = resume(resume_ckpt, self.model, self.optimizer, self.scheduler, cfg, self.world_size)
+                    self.progress, rng_states = resumed.progress, resumed.rng
+                    self._notices += resumed.notices
+                    # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
+                    run_name = cfg.run_name if resumed.run_name is None else resumed.run_name
+                    self._recorded_config = dataclasses.replace(cfg, resume=False, run_name=run_name)
                 elif cfg.load_model_path:
                     load_model_weights(cfg.load_model_path, self.model)
                     self._notices.append(("loaded model weights", cfg.load_model_path))
@@ -658,17 +476,10 @@ class Trainer(ABC, Generic[C]):
             self.ckpt_dir = cfg.save_model_path or self.run_dir
             self._resumed_from = resume_ckpt
             if cfg.save_model_path:
-                claim_error = None
-                if self.is_main:
-                    try:
-                        rundir.claim_checkpoint_dir(cfg.save_model_path, self.run_dir)
-                    except (ValueError, OSError) as e:  # a run started at the same moment claimed it first
-                        claim_error = str(e)
-                        if resume_path is None:
-                            shutil.rmtree(self.run_dir, ignore_errors=True)
-                claim_error = tdist.broadcast_object(claim_error)
-                if claim_error is not None:
-                    raise ConfigError(" ".join(claim_error.split()))
+                try:
+                    tdist.on_main_then_broadcast(lambda: self._claim_checkpoint_dir(resumed=resume_path is not None))
+                except ValueError as e:
+                    raise ConfigError(" ".join(str(e).split())) from e
             if self.is_main:
                 if resume_path is None:
                     held.enter_context(rundir.RunDir(Path(self.run_dir)).lock())
@@ -689,105 +500,46 @@ class Trainer(ABC, Generic[C]):
                 cleanup_temp_files(self.ckpt_dir)  # left by a checkpoint write that was killed half-way
             self._write_run_files(resumed=resume_ckpt is not None)
 
-            self._fwd_model: nn.Module = self.model
+            fwd_model: nn.Module = self.model
             if self.speed.compile:
-                self._fwd_model = torch.compile(self.model)  # type: ignore[assignment]
-            self._train_model: nn.Module = self._fwd_model
+                fwd_model = torch.compile(self.model)  # type: ignore[assignment]
+            train_model = fwd_model
             if self._distributed:
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
-                self._train_model = DistributedDataParallel(self._fwd_model, device_ids=device_ids)
+                train_model = DistributedDataParallel(fwd_model, device_ids=device_ids)
 
             self.on_run_start()
             if rng_states:
                 # Restored last so that building the model and data above does not shift the RNG streams.
                 set_rng_state(rng_states[self.rank])
 
-            with self._signal_handlers():
-                self._train_loop()
-
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        """SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts. SIGUSR1 / SIGUSR2
-        (a cluster scheduler's warning before a time limit or preemption, e.g. ``sbatch --signal=B:USR1@90``) do as
-        SIGTERM does, so that a requeued run continues with ``--resume``."""
-        self._signal_received: int | None = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: types.FrameType | None) -> None:
-            if self._signal_received is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._signal_received = signum
-
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-        previous = {sig: signal.signal(sig, handler) for sig in signals}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+            with self._signals.installed():
+                self._train_loop(fwd_model, train_model)
 
     # ------------------------------------------------------------------------------------------------------
     # Loop
 
-    def _batch_stream(self) -> Iterator[tuple[int, int, Any]]:
-        """Yield ``(epoch, position after this batch, batch)`` from the current position to the last epoch."""
-        loader = self.train_loader
-        cfg = self.config
-        epoch, start = self.progress.epoch, self.progress.batch_idx
-        length = len(loader) if isinstance(loader, collections.abc.Sized) else None
-        if length is not None and start >= length > 0:
-            epoch, start = epoch + 1, 0
-        while cfg.num_epochs < 0 or epoch < cfg.num_epochs:
-            set_epoch: Callable[[int], None] | None = getattr(loader, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(epoch)
-            skip: Callable[[int], None] | None = getattr(loader, "skip", None)
-            idx = 0
-            if start and callable(skip):
-                skip(start)
-                idx = start
-            it = iter(loader)
-            for _ in range(start - idx):
-                if next(it, None) is None:
-                    break
-                idx += 1
-            produced = False
-            for batch in it:
-                produced = True
-                idx += 1
-                yield epoch, idx, batch
-            if not produced and start == 0:
-                raise ValueError(f"get_train_dataloader() yielded no batches in epoch {epoch}")
-            epoch, start = epoch + 1, 0
-
-    def _train_time(self) -> float:
-        """Seconds of training so far, over all sessions of this run; folds the elapsed time into progress."""
-        now = time.time()
-        self.progress.train_time_s += now - self._clock
-        self._clock = now
-        return self.progress.train_time_s
-
-    def _train_loop(self) -> None:
+    def _train_loop(self, fwd_model: nn.Module, train_model: nn.Module) -> None:
         cfg = self.config
         p = self.progress
-        self._clock = self._segment_start = time.time()
-        self._segment_start_step = p.step
-        self._last_save_time = time.time()
-        self._last_saved_step = p.step if p.step > 0 else -1
-        self._reset_log_window()
-        self._nonfinite_flag: torch.Tensor | None = None
-        self._check_each_step = cfg.skip_nonfinite or self.device.type == "cpu"
-        stream = self._batch_stream()
+        loop = self._loop = LoopState(
+            fwd_model=fwd_model,
+            train_model=train_model,
+            data=WaitTimer(batch_stream(self.train_loader, p.epoch, p.batch_idx, cfg.num_epochs)),
+            check_each_step=cfg.skip_nonfinite or self.device.type == "cpu",
+            window=LogWindow.open(p, self.device),
+            session_start_step=p.step,
+            last_saved_step=p.step if p.step > 0 else -1,
+        )
+        stream = iter(loop.data)
 
         if p.last_eval_samples < 0:
             self._evaluate()
         reason = ""
         interrupted = False
-        if self._signal_received is not None:  # during the first evaluation: stop before any step
-            interrupted, self.stopped_by_signal = True, self._signal_received
-            reason = f"stopped by {signal.Signals(self._signal_received).name} during the first evaluation"
+        if self._signals.received is not None:  # during the first evaluation: stop before any step
+            interrupted, self.stopped_by_signal = True, self._signals.received
+            reason = f"stopped by {signal.Signals(self._signals.received).name} during the first evaluation"
         while not reason:
             if cfg.max_steps is not None and p.step >= cfg.max_steps:
                 reason = f"reached max_steps={cfg.max_steps}"
@@ -798,46 +550,46 @@ class Trainer(ABC, Generic[C]):
                 reason = f"finished {cfg.num_epochs} epoch(s)"
                 break
             try:
-                self._train_step(micro_batches)
+                self._train_step(loop, micro_batches)
             except _NonFiniteStep as e:
                 saved = (
                     f"saved the last good state to {self.save_checkpoint()}"
                     if self._parameters_finite()
                     else (
                         f"the parameters were no longer finite and were not saved (last good checkpoint: "
-                        f"{self._last_checkpoint()})"
+                        f"{self.last_checkpoint()})"
                     )
                 )
                 raise NonFiniteLossError(
                     f"{e}; {saved}. Lower the learning rate, set --grad_norm_max, or pass --skip_nonfinite to skip "
                     "such steps."
                 ) from None
-            self._maybe_log_train()
+            self._maybe_log_train(loop)
             if self._eval_due():
                 self._evaluate()
-            interrupted, out_of_time, save = self._agree_on_events()
+            interrupted, out_of_time, save = self._agree_on_events(loop)
             if save:
                 self.save_checkpoint()
             if interrupted:
                 # A rank of a distributed run may learn of the signal from another rank.
-                self.stopped_by_signal = self._signal_received or int(signal.SIGTERM)
+                self.stopped_by_signal = self._signals.received or int(signal.SIGTERM)
                 reason = f"stopped by {signal.Signals(self.stopped_by_signal).name}"
             elif out_of_time:
                 reason = f"reached max_minutes={cfg.max_minutes}"
 
         if not interrupted and p.samples_seen != p.last_eval_samples:
             self._evaluate()
-            if self._signal_received is not None:  # the final evaluation was cut short: not a finished run
-                self.stopped_by_signal = self._signal_received
-                reason += f", then stopped by {signal.Signals(self._signal_received).name} in the final evaluation"
-        if self._nonfinite_anywhere():
+            if self._signals.received is not None:  # the final evaluation was cut short: not a finished run
+                self.stopped_by_signal = self._signals.received
+                reason += f", then stopped by {signal.Signals(self._signals.received).name} in the final evaluation"
+        if tdist.all_reduce_max([loop.nonfinite_flag()], self.device)[0]:
             self._raise_lazy_nonfinite()
         path = self.save_checkpoint()
         self.logger.log_hparams(config_to_dict(cfg), self.last_val_metrics)
         self.logger.notice(
             f"training stopped: {reason}",
             f"step {p.step:,}, epoch {p.epoch}, {p.samples_seen:,} samples, "
-            f"{format_duration(self._train_time())} of training; checkpoint {path}",
+            f"{format_duration(loop.train_time(p))} of training; checkpoint {path}",
         )
 
     def _eval_due(self) -> bool:
@@ -849,30 +601,31 @@ class Trainer(ABC, Generic[C]):
             return False
         return p.samples_seen // every > max(p.last_eval_samples, 0) // every
 
-    def _agree_on_events(self) -> tuple[bool, bool, bool]:
+    def _agree_on_events(self, loop: LoopState) -> tuple[bool, bool, bool]:
         """Signal- and time-based decisions ``(interrupted, out_of_time, save)``.
 
         Ranks see signals and clocks at different moments, so a distributed run agrees on them (an all-reduce
         every ``_SYNC_EVERY`` steps, which also checks for a non-finite loss on any rank).
         """
         cfg = self.config
-        interrupted = self._signal_received is not None
-        out_of_time = cfg.max_minutes is not None and self._train_time() >= cfg.max_minutes * 60
-        save = cfg.save_every_n_seconds > 0 and time.time() - self._last_save_time >= cfg.save_every_n_seconds
+        interrupted = self._signals.received is not None
+        out_of_time = cfg.max_minutes is not None and loop.train_time(self.progress) >= cfg.max_minutes * 60
+        save = cfg.save_every_n_seconds > 0 and time.time() - loop.last_save_time >= cfg.save_every_n_seconds
         if not self._distributed:
             return interrupted, out_of_time, save
         if self.progress.step % _SYNC_EVERY != 0:
             return False, False, False
-        nonfinite = float(self._nonfinite_flag) if self._nonfinite_flag is not None else 0.0
-        flags = tdist.all_reduce_max([float(interrupted), float(out_of_time), float(save), nonfinite], self.device)
+        flags = tdist.all_reduce_max(
+            [float(interrupted), float(out_of_time), float(save), loop.nonfinite_flag()], self.device
+        )
         if flags[3]:
             self._raise_lazy_nonfinite()
         return bool(flags[0]), bool(flags[1]), bool(flags[2])
 
-    def _train_step(self, micro_batches: list[tuple[int, int, Any]]) -> None:
+    def _train_step(self, loop: LoopState, micro_batches: list[tuple[int, int, Any]]) -> None:
         cfg = self.config
         p = self.progress
-        model = self._train_model
+        model = loop.train_model
         model.train()
         n = len(micro_batches)
         step_loss: torch.Tensor | None = None
@@ -893,8 +646,7 @@ class Trainer(ABC, Generic[C]):
                 (loss / n).backward()  # type: ignore[no-untyped-call]
             detached = loss.detach().float()
             step_loss = detached if step_loss is None else step_loss + detached
-            self._log_loss_sum = self._log_loss_sum + detached * bs
-            self._log_loss_weight += bs
+            loop.window.add_loss(detached, bs)
             samples += bs * self.world_size
             tokens += (ntok or 0) * self.world_size
         assert step_loss is not None
@@ -903,10 +655,10 @@ class Trainer(ABC, Generic[C]):
         params = [q for q in self.model.parameters() if q.grad is not None]
         grad_norm: torch.Tensor | None = None
         max_norm = cfg.grad_norm_max if cfg.grad_norm_max else None
-        if max_norm is not None or self._check_each_step:
+        if max_norm is not None or loop.check_each_step:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
         do_step = True
-        if self._check_each_step:
+        if loop.check_each_step:
             assert grad_norm is not None
             # In DDP the loss differs per rank but the reduced gradients do not: decide on them alone.
             finite = bool(torch.isfinite(grad_norm)) and (self._distributed or bool(torch.isfinite(step_loss)))
@@ -923,7 +675,7 @@ class Trainer(ABC, Generic[C]):
             bad = ~torch.isfinite(step_loss)
             if grad_norm is not None:
                 bad = bad | ~torch.isfinite(grad_norm)
-            self._nonfinite_flag = bad if self._nonfinite_flag is None else self._nonfinite_flag | bad
+            loop.note_nonfinite(bad)
         if do_step:
             self.optimizer.step()
             if self.scheduler is not None:
@@ -931,103 +683,48 @@ class Trainer(ABC, Generic[C]):
         self.optimizer.zero_grad(set_to_none=True)
 
         if grad_norm is not None and do_step:
-            self._log_grad_norm_sum = self._log_grad_norm_sum + grad_norm.detach().float()
-            self._log_grad_norm_count += 1
+            loop.window.add_grad_norm(grad_norm)
         p.step += 1
         p.epoch, p.batch_idx = micro_batches[-1][0], micro_batches[-1][1]
         p.samples_seen += samples
         p.tokens_seen += tokens
 
-    # ------------------------------------------------------------------------------------------------------
-    # Non-finite detection without a host sync per step (CUDA, skip_nonfinite off)
-
-    def _check_nonfinite_lazily(self) -> None:
-        if self._nonfinite_flag is not None and bool(self._nonfinite_flag):
-            self._raise_lazy_nonfinite()
-
-    def _nonfinite_anywhere(self) -> bool:
-        """Whether any rank saw a non-finite loss since the last check (collective in a distributed run)."""
-        local = float(self._nonfinite_flag) if self._nonfinite_flag is not None else 0.0
-        return bool(tdist.all_reduce_max([local], self.device)[0])
-
     def _raise_lazy_nonfinite(self) -> None:
-        last = self._last_checkpoint()
+        """A non-finite loss or gradient norm was noticed after the fact (``LoopState.nonfinite``): stop unsaved."""
         raise NonFiniteLossError(
             f"non-finite loss or gradient norm at or before step {self.progress.step}; the model is no longer "
-            f"finite and was not saved (last good checkpoint: {last}). Lower the learning rate, set "
+            f"finite and was not saved (last good checkpoint: {self.last_checkpoint()}). Lower the learning rate, set "
             "--grad_norm_max, or pass --skip_nonfinite to skip such steps."
         )
 
     # ------------------------------------------------------------------------------------------------------
     # Logging
 
-    def _reset_log_window(self) -> None:
-        self._log_loss_sum = torch.zeros((), device=self.device)
-        self._log_loss_weight = 0
-        self._log_grad_norm_sum = torch.zeros((), device=self.device)
-        self._log_grad_norm_count = 0
-        self._log_window = (time.time(), self.progress.step, self.progress.samples_seen, self.progress.tokens_seen)
-
-    def _cost_between(self, start: int, end: int) -> float:
-        """Sum of ``step_cost`` over steps ``start .. end - 1``, sampled at 200 evenly spaced steps when longer."""
-        if end <= start:
-            return 0.0
-        stride = max(1, (end - start) // 200)
-        return sum(self.step_cost(s) * min(stride, end - s) for s in range(start, end, stride))
-
-    def _eta_seconds(self) -> float | None:
-        """Seconds left under the tightest budget, from this session's time per unit of ``step_cost`` (so a task
-        whose later steps cost more gets an ETA that expects it; None: no budget)."""
-        cfg = self.config
-        p = self.progress
-        elapsed = time.time() - self._segment_start
-        done = self._cost_between(self._segment_start_step, p.step)
-        per_unit = elapsed / done if elapsed > 0 and done > 0 else None
-        etas = []
-        if cfg.max_minutes is not None:
-            etas.append(cfg.max_minutes * 60 - self._train_time())
-        if per_unit is not None:
-            if cfg.max_steps is not None:
-                etas.append(self._cost_between(p.step, cfg.max_steps) * per_unit)
-            loader = self.train_loader
-            length = len(loader) if isinstance(loader, collections.abc.Sized) else None
-            if cfg.num_epochs > 0 and length:
-                left = cfg.num_epochs * length - (p.epoch * length + p.batch_idx)
-                steps_left = math.ceil(left / cfg.grad_accum_steps)
-                etas.append(self._cost_between(p.step, p.step + steps_left) * per_unit)
-        return max(0.0, min(etas)) if etas else None
-
-    def _maybe_log_train(self) -> None:
+    def _maybe_log_train(self, loop: LoopState) -> None:
         if not self.logger.should_log("train"):
             return
-        if not self._distributed:
+        if not self._distributed and loop.nonfinite_flag():
             # In a distributed run this check happens collectively in _agree_on_events instead.
-            self._check_nonfinite_lazily()
+            self._raise_lazy_nonfinite()
+        cfg = self.config
         p = self.progress
-        now = time.time()
-        t0, step0, samples0, tokens0 = self._log_window
-        dt = max(now - t0, 1e-9)
-        metrics: dict[str, Any] = {}
-        if self._log_loss_weight:
-            metrics["loss"] = float(self._log_loss_sum) / self._log_loss_weight
-        lr = self.optimizer.param_groups[0]["lr"]
-        metrics["lr"] = float(lr)
-        if self._log_grad_norm_count:
-            metrics["grad_norm"] = float(self._log_grad_norm_sum) / self._log_grad_norm_count
-        metrics["samples_per_s"] = (p.samples_seen - samples0) / dt
-        if p.tokens_seen > tokens0:
-            metrics["tokens_per_s"] = (p.tokens_seen - tokens0) / dt
-        metrics["steps_per_s"] = (p.step - step0) / dt
-        metrics["elapsed_min"] = self._train_time() / 60
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        metrics = loop.window.metrics(p, lr, time.time(), loop.data.wait_s)
+        metrics["elapsed_min"] = loop.train_time(p) / 60
         header: dict[str, Any] = {"epoch": p.epoch, "samples": p.samples_seen}
-        eta = self._eta_seconds()
+        length = len(self.train_loader) if isinstance(self.train_loader, collections.abc.Sized) else None
+        steps_left = None
+        if cfg.num_epochs > 0 and length:
+            steps_left = math.ceil((cfg.num_epochs * length - (p.epoch * length + p.batch_idx)) / cfg.grad_accum_steps)
+        eta = loop.eta_seconds(p, self.step_cost, cfg.max_minutes, cfg.max_steps, steps_left)
         if eta is not None:
             metrics["eta_min"] = eta / 60
             header["eta"] = format_duration(eta)
-        if self.config.skip_nonfinite:
+        if cfg.skip_nonfinite:
             metrics["skipped_steps"] = p.skipped_steps
         self.logger.log_metrics(metrics, "train", p.step, header=header, force=True)
-        self._reset_log_window()
+        loop.window = LogWindow.open(p, self.device)
+        loop.data.reset()
 
     # ------------------------------------------------------------------------------------------------------
     # Evaluation
@@ -1040,53 +737,19 @@ class Trainer(ABC, Generic[C]):
         training trajectory (and runs with different evaluation schedules stay comparable).
         """
         rng = get_rng_state()
-        model = self._fwd_model
+        model = self._loop.fwd_model if self._loop is not None else self.model
         was_training = model.training
         model.eval()
-        sums: dict[tuple[str, str | None], float] = {}
-        weights: dict[tuple[str, str | None], int] = {}
-        texts: dict[str, str] = {}
-        order: list[str] = []
+        sums = MetricSums()
         try:
             for batch in self.val_loader:
-                if not self._distributed and getattr(self, "_signal_received", None) is not None:
+                if not self._distributed and self._signals.received is not None:
                     raise _Interrupted  # a signal stops a long evaluation between batches
                 batch = move_to_device(batch, self.device)
-                bs = batch_size_of(batch)
                 with self._autocast():
                     loss, preds = self.get_loss(model, batch)
-                    metrics = {"loss": loss, **self.val_metrics(self.model, batch, preds)}
-                for name, value in metrics.items():
-                    if name not in order:
-                        order.append(name)
-                    if isinstance(value, str):
-                        texts[name] = value
-                        continue
-                    items = value.items() if isinstance(value, Mapping) else [(None, value)]
-                    for key, v in items:
-                        k = (name, None if key is None else str(key))
-                        sums[k] = sums.get(k, 0.0) + float(v) * bs
-                        weights[k] = weights.get(k, 0) + bs
-            gathered = tdist.all_gather_object((sums, weights, order))
-            total: dict[tuple[str, str | None], float] = {}
-            total_w: dict[tuple[str, str | None], int] = {}
-            for r_sums, r_weights, r_order in gathered:
-                for k, v in r_sums.items():
-                    total[k] = total.get(k, 0.0) + v
-                    total_w[k] = total_w.get(k, 0) + r_weights[k]
-                order.extend(n for n in r_order if n not in order)
-            result: dict[str, Any] = {}
-            for name in order:
-                if name in texts:
-                    result[name] = texts[name]
-                for (n, key), v in total.items():
-                    if n != name:
-                        continue
-                    mean = v / max(total_w[(n, key)], 1)
-                    if key is None:
-                        result[name] = mean
-                    else:
-                        result.setdefault(name, {})[key] = mean
+                    sums.add({"loss": loss, **self.val_metrics(self.model, batch, preds)}, batch_size_of(batch))
+            result = sums.reduce()
             result.update(self.post_val_metrics(self.model))
         finally:
             model.train(was_training)
@@ -1112,9 +775,9 @@ class Trainer(ABC, Generic[C]):
     def checkpoint_state(self) -> Checkpoint:
         """Everything needed to resume (collective in a distributed run: RNG states are gathered)."""
         rng_states = tdist.all_gather_object(get_rng_state())
-        if hasattr(self, "_clock"):
-            self._train_time()
-        model_kwargs = getattr(self.model, "init_kwargs", None)
+        if self._loop is not None:
+            self._loop.train_time(self.progress)
+        model_kwargs = getattr(self.model, "init_kwargs", None)  # a MultilayerTransformer's constructor arguments
         return Checkpoint(
             model=self.model.state_dict(),
             model_kwargs=model_kwargs if isinstance(model_kwargs, dict) else None,
@@ -1134,27 +797,29 @@ class Trainer(ABC, Generic[C]):
         flags = [torch.isfinite(p).all() for p in self.model.parameters()]
         return bool(torch.stack(flags).all()) if flags else True
 
-    def _last_checkpoint(self) -> str | None:
+    def last_checkpoint(self) -> str | None:
+        """The newest checkpoint in the run's checkpoint directory, or None."""
         saved = rundir.list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
         return str(saved[-1]) if saved else None
 
     def save_checkpoint(self) -> str | None:
         """Write ``ckpt_<step>.pt`` (rank 0) unless this step is already saved; returns the path.
 
-        Must be called by every rank of a distributed run at the same step.
+        Called by the loop (every rank of a distributed run at the same step).
 
         Raises:
             NonFiniteLossError: when a parameter is not finite: such a state is never saved as a checkpoint.
         """
-        assert self.ckpt_dir is not None
+        loop = self._loop
+        assert loop is not None and self.ckpt_dir is not None, "save_checkpoint() runs inside run()"
         path = os.path.join(self.ckpt_dir, rundir.checkpoint_name(self.progress.step))
-        self._last_save_time = time.time()
-        if self._last_saved_step == self.progress.step and os.path.exists(path):
+        loop.last_save_time = time.time()
+        if loop.last_saved_step == self.progress.step and os.path.exists(path):
             return path
         if not self._parameters_finite():
             raise NonFiniteLossError(
                 f"the parameters are not finite at step {self.progress.step}: not saved (last good checkpoint: "
-                f"{self._last_checkpoint()})"
+                f"{self.last_checkpoint()})"
             )
         state = self.checkpoint_state()
         if self.is_main:
@@ -1162,10 +827,9 @@ class Trainer(ABC, Generic[C]):
             keep = 1 if self.config.overwrite_existing_checkpoints else self.config.keep_last_n
             if keep is not None:
                 # Only this run's checkpoints that load are counted and pruned, never the one it resumed from.
-                resumed: str | None = getattr(self, "_resumed_from", None)
-                protect = [resumed] if resumed else []
+                protect = [self._resumed_from] if self._resumed_from else []
                 prune_checkpoints(self.ckpt_dir, keep, protect=protect, run=state.run)
             self.logger.notice("saved checkpoint", path)
-        self._last_saved_step = self.progress.step
+        loop.last_saved_step = self.progress.step
         tdist.barrier()
         return path

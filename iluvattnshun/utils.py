@@ -1,10 +1,12 @@
 """The stable import location of helpers users import (``iluvattnshun.utils.load_checkpoint``, ...).
 
 Each is implemented where its concept lives: configs in ``iluvattnshun.config``, checkpoint files in
-``iluvattnshun.checkpoint``, batches in ``iluvattnshun.batches``.
+``iluvattnshun.checkpoint``, batches in ``iluvattnshun.batches``; ``load_checkpoint`` with its original call forms in
+``iluvattnshun.compat``.
 """
 
-from iluvattnshun.checkpoint import load_checkpoint, load_model_state_dict, save_checkpoint, seed_everything
+from iluvattnshun.checkpoint import load_model_state_dict, save_checkpoint, seed_everything
+from iluvattnshun.compat import load_checkpoint
 from iluvattnshun.config import (
     config_from_dict,
     config_to_dict,

@@ -9,6 +9,7 @@ import pytest
 from checkers import DAG_VOCAB, DagFacts, check_dag, decode, histogram
 
 from examples.dag import DagConfig, DagPrompter
+from iluvattnshun import compat
 from iluvattnshun.datasets import dataset_arrays
 
 GRAPH_FIELDS = (
@@ -147,7 +148,7 @@ def test_impossible_configs_fail_at_construction(overrides: dict[str, Any], matc
 
 def test_dataset_is_padded_and_masked(tmp_path: Path) -> None:
     p = DagPrompter(DagConfig())
-    dsd = p.make_dataset(tmp_path, 300, 30, progress=False)
+    dsd = compat.make_dataset(p, tmp_path, 300, 30, progress=False)
     arrays = dataset_arrays(dsd["train"])
     assert arrays["prompt"].shape == (300, p.max_seq_len)
     assert arrays["prompt"].dtype == np.uint8 and arrays["depth"].dtype == np.int8  # -1 on padding

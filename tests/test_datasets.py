@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
+from iluvattnshun import compat
 from iluvattnshun.datasets import (
     DatasetCacheWarning,
     _file_record,
@@ -85,7 +86,7 @@ def test_hash_is_stable_and_covers_exactly_the_data_params() -> None:
 def test_make_dataset_is_deterministic_and_cached(tmp_path: Path) -> None:
     # The prompter's original call form: arguments replace the config's path, sizes and seed.
     p = ToyPrompter(ToyConfig())
-    a = p.make_dataset(tmp_path / "a", train_size=300, test_size=40, seed=1, progress=False)
+    a = compat.make_dataset(p, tmp_path / "a", train_size=300, test_size=40, seed=1, progress=False)
     b = make_dataset(_toy(tmp_path / "b", 300, 40, data_seed=1), progress=False)
     c = make_dataset(_toy(tmp_path / "c", 300, 40, data_seed=2), progress=False)
     arrays = {k: dataset_arrays(d["train"]) for k, d in {"a": a, "b": b, "c": c}.items()}
@@ -174,13 +175,14 @@ import sys, time
 sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
 import numpy as np
 from test_prompter import ToyConfig, ToyPrompter
+from iluvattnshun.datasets import make_dataset
 
 class Slow(ToyPrompter):
     def get_prompts(self, rng, n):
         time.sleep(0.2)
         return super().get_prompts(rng, n)
 
-Slow(ToyConfig(dataset_path={str(tmp_path)!r}, train_size=100_000, test_size=10)).make_dataset(progress=False)
+make_dataset(Slow(ToyConfig(dataset_path={str(tmp_path)!r}, train_size=100_000, test_size=10)), progress=False)
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -202,7 +204,8 @@ def test_concurrent_builds_generate_once(tmp_path: Path) -> None:
 import sys
 sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
 from test_prompter import ToyConfig, ToyPrompter
-ToyPrompter(ToyConfig(dataset_path={str(tmp_path)!r}, train_size=3000, test_size=100)).make_dataset(progress=False)
+from iluvattnshun.datasets import make_dataset
+make_dataset(ToyPrompter(ToyConfig(dataset_path={str(tmp_path)!r}, train_size=3000, test_size=100)), progress=False)
 print(ToyPrompter.calls)
 """
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]

@@ -308,6 +308,16 @@ def test_constructor_rejects_bad_shapes() -> None:
         MultilayerTransformer(vocab_size=10, d_model=30, n_heads=4)
 
 
+def test_model_defaults_are_model_config_defaults() -> None:
+    # One set of defaults: the bare constructor builds what ModelConfig() describes, and build_model builds it too.
+    from iluvattnshun.model_config import ModelConfig, build_model
+
+    bare = MultilayerTransformer(11)
+    assert bare.init_kwargs == {"vocab_size": 11, "bias": True, **ModelConfig().model_kwargs()}
+    assert build_model(11, ModelConfig()).init_kwargs == bare.init_kwargs
+    assert (bare.dim_model, bare.num_heads, bare.num_layers, bare.dropout_emb.p) == (128, 4, 4, 0.0)
+
+
 def test_qk_norm_fast_explicit_decoder_and_optimiser_agree() -> None:
     # QK-norm: both attention paths and the decoder's one-token step give the same logits; the gain is a norm
     # gain (ones at init, not weight-decayed) and it matters (a changed gain changes the output).

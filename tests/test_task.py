@@ -2,6 +2,7 @@
 
 import pytest
 
+from iluvattnshun.loop_state import cost_between
 from iluvattnshun.task import PromptTaskTrainer, depth_reach
 
 
@@ -27,6 +28,6 @@ def test_eta_expects_the_curriculum_to_slow_the_steps() -> None:
     trainer = PromptTaskTrainer(VarRenamePrompter(depth()))
     costs = [trainer.step_cost(s) for s in (0, 999, 1000, 2000, 3000, 4000)]
     assert costs[0] == costs[1] < costs[2] < costs[3] < costs[4] < costs[5]
-    assert trainer._cost_between(0, 1000) == pytest.approx(1000 * costs[0])
+    assert cost_between(trainer.step_cost, 0, 1000) == pytest.approx(1000 * costs[0])
     # the second half of the run costs far more than the first: a step-count ETA would be off by that ratio
-    assert trainer._cost_between(2500, 5000) > 2.5 * trainer._cost_between(0, 2500)
+    assert cost_between(trainer.step_cost, 2500, 5000) > 2.5 * cost_between(trainer.step_cost, 0, 2500)

@@ -133,6 +133,33 @@ def test_load_run_leaves_the_callers_random_streams_alone(tmp_path: Path) -> Non
     assert_same_state(loaded.model.state_dict(), trainer.model.state_dict())  # the saved weights, not fresh draws
 
 
+class SlowLoaderTrainer(ToyTrainer):
+    """The toy task with a training loader that takes 50 ms to produce each batch."""
+
+    def get_train_dataloader(self) -> Any:
+        inner = super().get_train_dataloader()
+
+        class Slow:
+            def __iter__(self) -> Any:
+                for batch in inner:
+                    time.sleep(0.05)
+                    yield batch
+
+        return Slow()
+
+
+def test_the_share_of_time_waiting_for_data_is_logged(tmp_path: Path) -> None:
+    shares = {}
+    for name, cls in (("fast", ToyTrainer), ("slow", SlowLoaderTrainer)):
+        trainer = cls(make_config(tmp_path / name, max_steps=8, log_every_n_seconds=0, eval_every_n_samples=None))
+        trainer.run()
+        values = [v for _, v in scalars(trainer.run_dir or "", "train/data_wait")]
+        assert len(values) == 8 and all(0 <= v <= 1 for v in values)
+        shares[name] = sorted(values)[4]  # the median: the first window also holds the first evaluation
+    # a toy step takes a few ms on the CPU: waiting 50 ms per batch is most of each step
+    assert shares["slow"] > 0.3 and shares["slow"] > 2 * shares["fast"]
+
+
 @pytest.mark.parametrize("loader_skip, grad_accum_steps", [(True, 1), (False, 2)])
 def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool, grad_accum_steps: int) -> None:
     """11 steps + resume + 11 more == 22 straight (exactly), with the split in the middle of an epoch."""
@@ -276,7 +303,7 @@ class SignalInEval(ToyTrainer):
     eval_step = 0
 
     def val_metrics(self, model: nn.Module, batch: Any, preds: Any) -> dict[str, Any]:
-        if self.progress.step == self.eval_step and self._signal_received is None:
+        if self.progress.step == self.eval_step and self._signals.received is None:
             os.kill(os.getpid(), signal.SIGTERM)
         return super().val_metrics(model, batch, preds)
 

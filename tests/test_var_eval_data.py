@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from iluvattnshun import compat
 import pytest
 from checkers import VAR_EVAL_VOCAB, ChainFacts, check_var_eval, decode, histogram, two_sample_chi2_p
 
@@ -102,7 +104,7 @@ def test_vectorised_and_per_example_have_the_same_distribution(bind_first: bool)
 
 def test_dataset(tmp_path: Path) -> None:
     p = VarEvalPrompter(VarEvalConfig(num_chains=2, num_statements=5))
-    dsd = p.make_dataset(tmp_path, 200, 20, keep_strings=True, progress=False)
+    dsd = compat.make_dataset(p, tmp_path, 200, 20, keep_strings=True, progress=False)
     assert dsd["train"].features["prompt"].feature.dtype == "uint8"
     for row in dsd["test"].with_format("numpy"):
         check_var_eval(row["prompt_text"], row["answer_text"], row["depth"].tolist(), 2, 5)

@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from iluvattnshun import compat
 import pytest
 from checkers import VAR_RENAME_VOCAB, ChainFacts, check_var_rename, decode, histogram, two_sample_chi2_p
 
@@ -159,7 +161,7 @@ def test_uniform_choices() -> None:
 
 def test_dataset_columns_dtypes_and_rules(tmp_path: Path) -> None:
     p = VarRenamePrompter(VarRenameConfig(num_chains=2, num_renames=6))
-    dsd = p.make_dataset(tmp_path, train_size=300, test_size=50, keep_strings=True, progress=False)
+    dsd = compat.make_dataset(p, tmp_path, train_size=300, test_size=50, keep_strings=True, progress=False)
     train = dsd["train"].with_format("numpy")
     assert train.column_names == ["prompt", "answer", "depth", "prompt_text", "answer_text"]
     assert dsd["train"].features["prompt"].feature.dtype == "uint8"
