@@ -5,7 +5,8 @@
 - ``OPTIM_NAMES``: the optimiser fields' original names (``OptimConfig.ALIASES``).
 - ``load_checkpoint(path, model, optimizer, scheduler)``: loads into the model and returns
   ``(epoch, step, metrics)``; exported as ``iluvattnshun.utils.load_checkpoint``.
-- ``make_dataset(prompter, path, train_size, test_size, seed)``: the original ``prompter.make_dataset(...)``.
+- ``make_dataset(prompter, path, train_size, test_size, seed)``: the original ``prompter.make_dataset(...)``, which
+  ``Prompter.make_dataset`` calls.
 
 README.md's "Coming from the original code" lists them (with the task configs' own aliases) for users.
 """

@@ -13,14 +13,18 @@ Prompts shorter than ``max_seq_len`` are right-padded with ``PAD_CHAR`` (answer:
 ``META_PAD``). Caching a prompter's examples as a versioned dataset is ``iluvattnshun.datasets``' job.
 """
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from iluvattnshun.config import Config, declared_config_class
+
+if TYPE_CHECKING:
+    import datasets as hf_datasets
 
 META_PAD = -1
 """Metadata value on padding positions (those positions never carry a target)."""
@@ -242,6 +246,22 @@ class Prompter(ABC, Generic[C]):
     def is_vectorised(self) -> bool:
         """Whether this prompter overrides ``get_prompts`` (then ``make_dataset`` defaults to one process)."""
         return type(self).get_prompts is not Prompter.get_prompts
+
+    def make_dataset(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> "hf_datasets.DatasetDict":
+        """The prompter's cached dataset, in the call form users code against: each argument given replaces the
+        config's ``dataset_path``, ``train_size``, ``test_size`` or ``data_seed`` (``iluvattnshun.compat``);
+        ``kwargs`` go to ``iluvattnshun.datasets.make_dataset``, which builds or loads it."""
+        # Imported here: the dataset cache loads Hugging Face datasets, which a prompter alone never needs.
+        from iluvattnshun.compat import make_dataset
+
+        return make_dataset(self, path, train_size, test_size, seed, **kwargs)
 
     def sample_batch(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         """``get_prompts(rng, n)``, validated and stored in the smallest dtypes (as datasets hold it).

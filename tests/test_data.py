@@ -1,5 +1,6 @@
 """Training batches: ArrayLoader (epochs, shards, resume), StreamingDataset (disjoint streams), WaitTimer."""
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch.utils.data
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from iluvattnshun import compat
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer
-from iluvattnshun.datasets import dataset_arrays
+from iluvattnshun.datasets import dataset_arrays, make_dataset
 
 
 def _ids(loader: ArrayLoader) -> list[int]:
@@ -146,6 +147,18 @@ def test_stream_differs_from_the_cached_dataset_of_the_same_seed(tmp_path: Path)
     cached = {r.tobytes() for r in dataset_arrays(dsd["train"])["prompt"].astype(np.int64)}
     streamed = _rows([next(iter(StreamingDataset(p, batch_size=64)))])
     assert not cached & set(streamed)
+
+
+def test_prompter_make_dataset_keeps_its_call_form(tmp_path: Path) -> None:
+    # prompter.make_dataset(path, train_size, test_size, seed): the arguments replace the config's values.
+    p = VarRenamePrompter(VarRenameConfig(num_chains=2, num_renames=6, data_seed=1))
+    dsd = p.make_dataset(tmp_path, 48, 12, 5, progress=False)
+    assert (len(dsd["train"]), len(dsd["test"])) == (48, 12) and any(tmp_path.iterdir())
+    config = VarRenameConfig(num_chains=2, num_renames=6, data_seed=5, train_size=48, test_size=12)
+    same = make_dataset(VarRenamePrompter(dataclasses.replace(config, dataset_path=str(tmp_path))), progress=False)
+    assert dataset_arrays(same["train"])["prompt"].tolist() == dataset_arrays(dsd["train"])["prompt"].tolist()
+    other = p.make_dataset(tmp_path, 48, 12, 6, progress=False)
+    assert dataset_arrays(other["train"])["prompt"].tolist() != dataset_arrays(dsd["train"])["prompt"].tolist()
 
 
 def test_streamed_curriculum_grows_the_prompts_and_resumes_on_the_same_schedule() -> None:
