@@ -159,6 +159,8 @@ class TrainerConfig(Config):
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**63:  # numpy's generators take no negative seed, torch's none past 64 bits
+            raise ValueError(f"seed must be in 0..2**63-1, got {self.seed}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.grad_norm_max is not None and not self.grad_norm_max >= 0:  # NaN too

@@ -95,6 +95,9 @@ CASES = [
     Case("empty sample prompt", lambda d: [*shakespeare(d), "--sample_prompt="], "sample_prompt", task="shakespeare"),
     Case("qk_norm not a bool", lambda d: [*tiny(d), "--qk_norm=maybe"], "qk_norm"),
     Case("mixed layouts with too few renames", lambda d: [*tiny(d), "--mix_layouts", "--bind_first=false", "--num_chains=4", "--num_renames=3"], "num_renames"),
+    Case("negative data seed", lambda d: [*tiny(d), "--data_seed=-1"], "data_seed"),
+    Case("negative training seed", lambda d: [*tiny(d), "--seed=-1"], "seed must be"),
+    Case("training seed past 64 bits", lambda d: [*tiny(d), "--seed=" + "9" * 30], "seed must be"),
     Case("binary text file", lambda d: [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={d / 'bin.txt'}"], "bin.txt is not UTF-8", task="shakespeare", prepare=lambda d: (d / "bin.txt").write_bytes(bytes(range(256)) * 20)),
 ]  # fmt: skip
 
