@@ -114,7 +114,8 @@ class Decoder:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """As ``MultilayerTransformer.generate``: (B, P) prompt -> (B, P + max_new_tokens) tokens."""
-        check_generate_args(prompt, max_new_tokens, temperature, top_k)
+        prompt = check_generate_args(prompt, max_new_tokens, temperature, top_k, self.model)
+        max_new_tokens = int(max_new_tokens)
         B, P = prompt.shape
         if B != self.batch_size or P + max_new_tokens > self.capacity:
             raise ValueError(

@@ -521,6 +521,8 @@ class MultilayerTransformer(_Hookable):
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(x.shape)}")
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise ValueError(f"token ids must be integers, got {x.dtype}")
+        if x.dtype not in (torch.int64, torch.int32):
+            x = x.long()  # the datasets store tokens in the smallest integer dtype; the embedding reads these two
         if x.device.type == "cpu" and x.numel():
             # (on a GPU the check would cost a sync per forward; the embedding asserts there instead)
             lo, hi = (int(v) for v in torch.aminmax(x))  # one pass over the ids
@@ -576,17 +578,23 @@ class MultilayerTransformer(_Hookable):
         and restored afterwards.
 
         Args:
-            prompt: (B, P) token ids; all prompts in a batch have the same length.
-            max_new_tokens: number of tokens to append.
-            temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
-            top_k: sample only among the k most likely tokens.
+            prompt: (B, P) token ids of any integer dtype, on the model's device; all prompts in a batch have the
+                same length.
+            max_new_tokens: number of tokens to append (an int).
+            temperature: 0 means greedy (argmax); any other finite value > 0 divides the logits before sampling
+                (a tiny one approaches greedy; see ``sample_tokens``).
+            top_k: sample only among the k most likely tokens (an int).
             generator: a ``torch.Generator`` on the model's device for reproducible sampling.
             fast: use the lean one-token step (same tokens as the general forward pass).
 
         Returns:
-            (B, P + max_new_tokens) prompt followed by the new tokens.
+            (B, P + max_new_tokens) int64: the prompt followed by the new tokens.
+
+        Raises:
+            TypeError, ValueError: naming a bad argument (see ``check_generate_args``), before any work.
         """
-        check_generate_args(prompt, max_new_tokens, temperature, top_k)
+        prompt = check_generate_args(prompt, max_new_tokens, temperature, top_k, self)
+        max_new_tokens = int(max_new_tokens)
         B, P = prompt.shape
         if fast and not self._hook_fns:
             from iluvattnshun.decode import Decoder  # the decoder is built on this module
@@ -685,27 +693,67 @@ class MultilayerTransformer(_Hookable):
         return out.logits, dict(sorted(cache.items(), key=lambda kv: order[kv[0]]))
 
 
-def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """Raise ``ValueError`` naming a bad argument of ``generate``."""
+def check_generate_args(
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    model: nn.Module | None = None,
+) -> torch.Tensor:
+    """Check the arguments of ``generate``; returns the prompt as int64 token ids (on ``model``'s device).
+
+    Raises:
+        TypeError: naming an argument of the wrong type (a float ``max_new_tokens`` or ``top_k``, a string
+            ``temperature``, a prompt that is not a tensor of integer token ids).
+        ValueError: naming an argument with a bad value, or a model whose parameters hold no data (meta device).
+    """
+    if not isinstance(prompt, torch.Tensor):
+        raise TypeError(f"prompt must be a (batch, length) tensor of token ids, got {type(prompt).__name__}")
+    if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+        raise TypeError(f"prompt must hold integer token ids, got {prompt.dtype}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
+    for name, value in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {str(value)[:40]}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, torch.Tensor)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if isinstance(temperature, torch.Tensor) and temperature.numel() != 1:
+        raise TypeError(f"temperature must be a number, got a tensor of shape {tuple(temperature.shape)}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {float(temperature)}")
+    if model is not None:
+        param = next(model.parameters(), None)
+        if param is not None and param.is_meta:
+            raise ValueError(
+                "model: its parameters are on the meta device and hold no values; materialise them first "
+                "(model.to_empty(device=...) and load_state_dict)"
+            )
+        if param is not None and prompt.device != param.device:
+            raise ValueError(f"prompt is on {prompt.device}, the model on {param.device}: move one to the other")
+    # The datasets store tokens in the smallest integer dtype (uint8 here); the embedding reads int64.
+    return prompt.long()
 
 
 def sample_tokens(
     logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Pick one token per row of (B, V) logits."""
-    if temperature == 0:
+    """Pick one token per row of (B, V) logits.
+
+    Any finite temperature > 0 samples: the logits are shifted so that each row's largest is 0 before the
+    division, so a tiny temperature sends the others to -inf (greedy, in the limit) instead of overflowing. One
+    that is 0 in float32 (at most 2**-150) is greedy.
+    """
+    if temperature <= 2**-150:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / float(temperature)  # (B, V), each row's largest 0
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
