@@ -56,6 +56,7 @@ from iluvattnshun.checkpoint import (
     Checkpoint,
     Progress,
     cleanup_temp_files,
+    find_fitting,
     find_resumable,
     get_rng_state,
     load_checkpoint,
@@ -638,6 +639,10 @@ class Trainer(ABC, Generic[C]):
                 self.scheduler = self.get_scheduler(self.optimizer)
                 rng_states: list[Any] = []
                 if resume_ckpt is not None:
+                    fitting, skipped = find_fitting(resume_ckpt, self.model)  # newest of another shape: an older one
+                    if skipped:
+                        self._notices.append(("resume: falling back", "\n".join(skipped)))
+                    resume_ckpt = str(fitting)
                     rng_states = self._restore(resume_ckpt)
                 elif cfg.load_model_path:
                     load_model_weights(cfg.load_model_path, self.model)
