@@ -374,6 +374,26 @@ def test_summary_lists_every_state_and_skips_older_runs(tmp_path: Path, capsys: 
     assert "no runs named" in error_of(["summarize", str(logdir), "--prefix", "nope"], capsys)
 
 
+def test_summary_warns_of_an_events_file_that_holds_no_event(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    for i in range(2):
+        assert sweep_dummy.main([f"--tensorboard_logdir={logdir}", f"--run_name=s_{i}", f"--num_layers={i + 1}"]) == 0
+    (garbage,) = run_dirs(logdir, "s")["s_1"].glob("*tfevents*")
+    garbage.write_bytes(os.urandom(3000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "iluvattnshun.sweep", "summarize", str(logdir), "--prefix", "s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0
+    assert proc.stderr.startswith("warning: s_1: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(garbage) in proc.stderr and "no readable TensorBoard event" in proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("s_")]
+    assert [r[0] for r in rows] == ["s_0", "s_1"] and rows[0][3] == "2" and set(rows[1][4:]) == {"-"}  # the table stays
+
+
 @requires_tmux
 def test_real_var_rename_grid_through_tmux(tmp_path: Path, session: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The real example, two tiny runs in tmux on two (pretend) GPUs, then the summary of their real events."""
