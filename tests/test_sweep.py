@@ -199,6 +199,16 @@ def test_unknown_grid_key_is_relayed_from_print_config(tmp_path: Path, capsys: p
     assert "run 1 (--num_layers=x)" in err and "expected int" in err
 
 
+def test_a_command_that_is_not_a_run_command_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Exit 0 is not enough: the command must print the run's resolved config, with the run name it was given.
+    for cmd, shown in (("echo hi", "'hi --num_layers=1 --run_name=p_0 --print_config'"), ("true", "'nothing'")):
+        err = error_of(["--cmd", cmd, "--grid", "num_layers=1,2", "--gpus=none", "--prefix=p", "--dry-run"], capsys)
+        assert f"run 0: {cmd!r} exited 0 with --print_config but printed {shown}" in err, err
+        assert "is it a run command of this library?" in err
+    assert not tmp_path.joinpath(".sweeps").exists()
+    assert sweep.main(["--cmd", dummy_cmd(tmp_path), "--grid", "num_layers=1,2", "--gpus=none", "--dry-run"]) == 0
+
+
 def test_a_field_swept_under_two_names_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # lr and learning_rate (its earlier name) name one field: the task refuses the pair, so the sweep stops before
     # any run instead of planning runs whose lr values never apply.
