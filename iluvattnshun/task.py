@@ -20,8 +20,11 @@ character marks positions without a target, which the loss ignores). Every hook 
 overridden in a subclass of ``PromptTaskTrainer``.
 """
 
+import contextlib
 import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 import datasets
@@ -32,10 +35,10 @@ import torch.nn.functional as F
 from iluvattnshun import distributed as tdist
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader
 from iluvattnshun.datasets import dataset_arrays, dataset_meta, make_dataset
-from iluvattnshun.model_config import ModelConfig, build_model
+from iluvattnshun.model_config import ModelConfig, build_model, training_step_memory
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.optim import OptimConfig
-from iluvattnshun.prompter import PromptConfig, Prompter
+from iluvattnshun.prompter import PromptConfig, Prompter, smallest_uint_dtype
 from iluvattnshun.trainer import Trainer, TrainerConfig, run_from_command_line
 from iluvattnshun.viz import attention_image
 
@@ -81,6 +84,25 @@ def depth_reach(accuracy: Mapping[int, float], counts: Mapping[int, int], thresh
     return reach
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device``: a CUDA GPU's own; otherwise this machine's RAM, or its cgroup's limit when that is
+    lower (CPU, and MPS, which shares the RAM). None when it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        total = min(total, int(limit)) if limit != "max" else total
+    return int(total)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
 def marker_line(pred: str, answer: str, mask_char: str) -> str:
     """One character per position: ✓ correct, ✗ wrong, . masked."""
     return "".join("." if a == mask_char else ("✓" if p == a else "✗") for p, a in zip(pred, answer))
@@ -102,6 +124,46 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     def init_state(self) -> None:
         self._depth_hits: torch.Tensor | None = None  # per-depth counts of the evaluation in progress
         self._depth_totals: torch.Tensor | None = None
+
+    def setup(self) -> None:
+        self.check_memory()
+
+    def check_memory(self) -> None:
+        """Refuse a run whose training step or cached data cannot fit in memory, before any data or run directory
+        exists: a lower bound on what it needs (``model_config.training_step_memory``, the cached train split that
+        the loader holds) against the device's total memory. A run refused here is one that cannot fit.
+
+        Raises:
+            ValueError: naming the field to change (dim_model, batch_size, train_size).
+        """
+        c, p = self.config, self.prompter
+        seq_len = p.max_seq_len
+        total = device_memory_bytes(self.device)
+        host = device_memory_bytes(torch.device("cpu"))
+        if seq_len is None or total is None or host is None:
+            return
+        where = f"the {_gib(total)} of {'this machine' if self.device.type != 'cuda' else self.device}"
+        need = training_step_memory(p.vocab_size, c, c.batch_size, seq_len, 4 if c.precision == "fp32" else 2)
+        if need.state > total:
+            raise ValueError(
+                f"dim_model: the model's parameters with their gradients and AdamW state need {_gib(need.state)}, "
+                f"more than {where}; choose a smaller model (dim_model, num_layers)"
+            )
+        if sum(need) > total:
+            raise ValueError(
+                f"batch_size: a training step on {c.batch_size:,} prompts of {seq_len:,} tokens needs at least "
+                f"{_gib(sum(need))} (activations kept for the backward pass, logits), more than {where}; lower "
+                "batch_size (grad_accum_steps keeps the step's size) or the prompt length"
+            )
+        if not c.streaming:
+            token_bytes = smallest_uint_dtype(max(p.vocab_size - 1, 0)).itemsize
+            split = c.train_size * seq_len * 2 * token_bytes  # prompt and answer, held in memory by the loader
+            if split > host:
+                raise ValueError(
+                    f"train_size: the cached train split of {c.train_size:,} prompts of {seq_len:,} tokens is held in "
+                    f"memory ({_gib(split)} at least), more than the {_gib(host)} of this machine; lower train_size or "
+                    "train on fresh examples (--streaming)"
+                )
 
     def get_model(self) -> nn.Module:
         return build_model(self.prompter.vocab_size, self.config)
