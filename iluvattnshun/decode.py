@@ -19,6 +19,7 @@ Two ways to run the step:
   worth it for long or many decodes.
 """
 
+import functools
 import math
 import tempfile
 import warnings
@@ -29,7 +30,14 @@ from typing import Any, Callable, NamedTuple, cast
 import torch
 import torch.nn.functional as F
 
-from iluvattnshun.nn import MultilayerTransformer, RotaryEmbedding, TransformerLayer, check_generate_args, sampling_loop
+from iluvattnshun.nn import (
+    MultilayerTransformer,
+    RotaryEmbedding,
+    TransformerLayer,
+    allocate_cache,
+    check_generate_args,
+    sampling_loop,
+)
 
 CPU_AOT_OPTIONS: dict[str, Any] = {
     "max_autotune": True,
@@ -70,6 +78,9 @@ class Decoder:
             size it to what you decode.
         compile: compile the step ahead of time (see the module docstring); this takes about half a minute, here.
         """
+        for name, value in (("batch_size", batch_size), ("capacity", capacity)):
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {str(value)[:40]}")
         if capacity < 1 or batch_size < 1:
             raise ValueError(f"batch_size and capacity must be >= 1, got {batch_size}, {capacity}")
         param = next(model.parameters())
@@ -93,7 +104,8 @@ class Decoder:
         # prefix stay finite, so the compiled step's masked weights times them are 0, not NaN.
         shape = (batch_size, model.num_heads, capacity, model.head_dim)
         with torch.inference_mode(False):  # normal tensors even when built in inference mode: export writes them
-            self.cache = [torch.zeros(shape, device=param.device, dtype=param.dtype) for _ in range(2 * len(blocks))]
+            zeros = functools.partial(torch.zeros, device=param.device, dtype=param.dtype)
+            self.cache = [allocate_cache(zeros, shape) for _ in range(2 * len(blocks))]
             self.slots = torch.arange(capacity, device=param.device)  # (capacity,) the compiled step's mask
             self.position = torch.zeros((), dtype=torch.long, device=param.device)  # the compiled step's input
         rotary = blocks[0].attn.rotary if blocks else RotaryEmbedding(model.head_dim)

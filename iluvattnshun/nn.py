@@ -176,7 +176,7 @@ class KVCache:
         kbuf, vbuf = self.keys[layer], self.values[layer]
         if kbuf is None or vbuf is None:
             shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
+            kbuf, vbuf = allocate_cache(k.new_empty, shape), allocate_cache(v.new_empty, shape)
             self.keys[layer], self.values[layer] = kbuf, vbuf
         elif kbuf.shape[0] != k.shape[0]:
             raise ValueError(f"KV cache holds batch size {kbuf.shape[0]} but the input has batch size {k.shape[0]}")
@@ -196,6 +196,21 @@ class KVCache:
         out.values = [None if v is None else v.clone() for v in self.values]
         out.length = self.length
         return out
+
+
+def allocate_cache(make: Callable[[tuple[int, ...]], torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """``make(shape)`` for a (B, H, capacity, D) key or value buffer; a buffer the allocator refuses is a
+    ``ValueError`` that says how large it was (generate's ``max_new_tokens`` sets the capacity)."""
+    try:
+        return make(shape)
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if "allocat" not in str(e) and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+            raise
+        B, H, capacity, D = shape
+        raise ValueError(
+            f"max_new_tokens: a key/value cache of {capacity:,} positions for batch {B} ({B * H * capacity * D:,} "
+            "values per layer and buffer) cannot be allocated here; generate fewer tokens or smaller batches"
+        ) from None
 
 
 class _Hookable(nn.Module):
@@ -711,8 +726,8 @@ def check_generate_args(
         raise TypeError(f"prompt must be a (batch, length) tensor of token ids, got {type(prompt).__name__}")
     if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
         raise TypeError(f"prompt must hold integer token ids, got {prompt.dtype}")
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
+    if prompt.dim() != 2 or 0 in prompt.shape:
+        raise ValueError(f"prompt must have shape (batch >= 1, length >= 1), got {tuple(prompt.shape)}")
     for name, value in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
         if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")):
             raise TypeError(f"{name} must be an int, got {type(value).__name__} {str(value)[:40]}")
@@ -773,7 +788,12 @@ def sampling_loop(
     ``step(token, position)`` feeds one sampled token (B,) and gives the next logits. The model is in eval mode for
     the loop and restored afterwards. Returns (B, P + max_new_tokens) tokens."""
     B, P = prompt.shape
-    out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+    try:
+        out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+    except (RuntimeError, MemoryError):
+        raise ValueError(
+            f"max_new_tokens: {B} x {P + max_new_tokens:,} output tokens cannot be allocated here; generate fewer"
+        ) from None
     out[:, :P] = prompt
     if max_new_tokens == 0:
         return out

@@ -278,6 +278,8 @@ def test_generate_names_each_bad_argument_before_any_work(path: str) -> None:
 
     def generate(model: MultilayerTransformer, prompt: Any, new: Any = 2, **kw: Any) -> torch.Tensor:
         if path == "Decoder":
+            if isinstance(new, int) and new > 10**9:  # a decoder is sized up front: its capacity is the cache's
+                return Decoder(model, 1, new).generate(prompt, new, **kw)
             return Decoder(model, 1, 8).generate(prompt, new, **kw)
         return model.generate(prompt, new, fast=path == "decoder", **kw)
 
@@ -288,6 +290,8 @@ def test_generate_names_each_bad_argument_before_any_work(path: str) -> None:
         (TypeError, "temperature must be a number, got str", lambda: generate(model, prompt, temperature="1")),
         (TypeError, "prompt must hold integer token ids", lambda: generate(model, prompt.float())),
         (TypeError, "prompt must be a .* tensor", lambda: generate(model, [[1, 2]])),
+        (ValueError, r"prompt must have shape \(batch >= 1", lambda: generate(model, prompt[:0])),
+        (ValueError, "max_new_tokens: .* cannot be allocated here", lambda: generate(model, prompt, 10**15)),
         (ValueError, "model: its parameters are on the meta device", lambda: generate(model.to("meta"), prompt)),
     ]
     for kind, message, call in bad:
