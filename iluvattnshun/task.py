@@ -134,7 +134,7 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         the loader holds) against the device's total memory. A run refused here is one that cannot fit.
 
         Raises:
-            ValueError: naming the field to change (dim_model, batch_size, train_size).
+            ValueError: naming the field to change (dim_model, batch_size, train_size, test_size).
         """
         c, p = self.config, self.prompter
         seq_len = p.max_seq_len
@@ -155,14 +155,15 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
                 f"{_gib(sum(need))} (activations kept for the backward pass, logits), more than {where}; lower "
                 "batch_size (grad_accum_steps keeps the step's size) or the prompt length"
             )
-        if not c.streaming:
-            token_bytes = smallest_uint_dtype(max(p.vocab_size - 1, 0)).itemsize
-            split = c.train_size * seq_len * 2 * token_bytes  # prompt and answer, held in memory by the loader
+        token_bytes = smallest_uint_dtype(max(p.vocab_size - 1, 0)).itemsize
+        # The loaders hold their splits in memory, prompt and answer at least (streaming: the test split only).
+        for name, size in (("train_size", 0 if c.streaming else c.train_size), ("test_size", c.test_size)):
+            split = size * seq_len * 2 * token_bytes
             if split > host:
+                fix = "; lower it" + (" or train on fresh examples (--streaming)" if name == "train_size" else "")
                 raise ValueError(
-                    f"train_size: the cached train split of {c.train_size:,} prompts of {seq_len:,} tokens is held in "
-                    f"memory ({_gib(split)} at least), more than the {_gib(host)} of this machine; lower train_size or "
-                    "train on fresh examples (--streaming)"
+                    f"{name}: the cached {name[:-5]} split of {size:,} prompts of {seq_len:,} tokens is held in memory "
+                    f"({_gib(split)} at least), more than the {_gib(host)} of this machine{fix}"
                 )
 
     def get_model(self) -> nn.Module:
