@@ -390,6 +390,7 @@ def test_summary_warns_of_an_events_file_that_holds_no_event(tmp_path: Path) -> 
         assert sweep_dummy.main([f"--tensorboard_logdir={logdir}", f"--run_name=s_{i}", f"--num_layers={i + 1}"]) == 0
     (garbage,) = run_dirs(logdir, "s")["s_1"].glob("*tfevents*")
     garbage.write_bytes(os.urandom(3000))
+    (run_dirs(logdir, "s")["s_0"] / "events.out.tfevents.1.dir").mkdir()  # not a file: TensorBoard's reader trips
     proc = subprocess.run(
         [sys.executable, "-m", "iluvattnshun.sweep", "summarize", str(logdir), "--prefix", "s"],
         capture_output=True,
@@ -398,8 +399,10 @@ def test_summary_warns_of_an_events_file_that_holds_no_event(tmp_path: Path) -> 
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0
-    assert proc.stderr.startswith("warning: s_1: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert str(garbage) in proc.stderr and "no readable TensorBoard event" in proc.stderr
+    warnings = proc.stderr.splitlines()
+    assert len(warnings) == 2 and warnings[0].startswith("warning: s_0: ") and "tfevents.1.dir" in warnings[0]
+    assert warnings[1].startswith("warning: s_1: ") and str(garbage) in warnings[1], proc.stderr
+    assert "no readable TensorBoard event" in warnings[1]
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("s_")]
     assert [r[0] for r in rows] == ["s_0", "s_1"] and rows[0][3] == "2" and set(rows[1][4:]) == {"-"}  # the table stays
 

@@ -80,38 +80,50 @@ def _natural_key(text: str) -> list[Any]:
 
 
 def read_scalars(run_dir: Path, mode: str = "val") -> dict[str, list[tuple[int, float]]]:
-    """The scalars under ``<mode>/`` in a run directory's TensorBoard events (duplicate steps: last wins)."""
+    """The scalars under ``<mode>/`` in a run directory's TensorBoard events (duplicate steps: last wins).
+
+    The events files are read one by one, in name order as TensorBoard reads a directory; one that cannot be read
+    (a directory under an events file's name, say) is skipped (``unreadable_event_files`` names it)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    tags = acc.Tags()
     series: dict[str, dict[int, float]] = {}
-    for tag in tags.get("scalars", []):
-        if tag.startswith(mode + "/"):
-            for event in acc.Scalars(tag):
-                series.setdefault(tag, {})[int(event.step)] = float(event.value)
-    # Newer writers may log scalars as rank-0 tensors rather than simple values.
-    for tag in tags.get("tensors", []):
-        if tag.startswith(mode + "/") and tag not in series:
-            from tensorboard.util import tensor_util
+    for path in sorted(run_dir.glob("*tfevents*")):
+        if not path.is_file():
+            continue
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+        try:
+            acc.Reload()
+        except OSError:
+            continue
+        tags = acc.Tags()
+        for tag in tags.get("scalars", []):
+            if tag.startswith(mode + "/"):
+                for event in acc.Scalars(tag):
+                    series.setdefault(tag, {})[int(event.step)] = float(event.value)
+        # Newer writers may log scalars as rank-0 tensors rather than simple values.
+        for tag in tags.get("tensors", []):
+            if tag.startswith(mode + "/") and tag not in tags.get("scalars", []):
+                from tensorboard.util import tensor_util
 
-            for event in acc.Tensors(tag):
-                value = tensor_util.make_ndarray(event.tensor_proto)
-                if value.size == 1 and value.dtype.kind in "fiu":
-                    series.setdefault(tag, {})[int(event.step)] = float(value.reshape(()))
+                for event in acc.Tensors(tag):
+                    value = tensor_util.make_ndarray(event.tensor_proto)
+                    if value.size == 1 and value.dtype.kind in "fiu":
+                        series.setdefault(tag, {})[int(event.step)] = float(value.reshape(()))
     return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
 def unreadable_event_files(run_dir: Path) -> list[Path]:
     """The TensorBoard events files of a run directory that hold bytes but no readable event (garbage, or another
-    kind of file under an events file's name): TensorBoard skips them without a word."""
+    kind of file under an events file's name), or that are not files: TensorBoard skips or trips over them."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     bad = []
     for path in sorted(run_dir.glob("*tfevents*")):
         try:
-            if not path.is_file() or path.stat().st_size == 0:  # empty: a writer that has just started
+            if not path.is_file():  # a directory under an events file's name, say
+                bad.append(path)
+                continue
+            if path.stat().st_size == 0:  # empty: a writer that has just started
                 continue
             if next(iter(EventFileLoader(str(path)).Load()), None) is None:  # a real file opens with its version
                 bad.append(path)
