@@ -134,7 +134,7 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         the loader holds) against the device's total memory. A run refused here is one that cannot fit.
 
         Raises:
-            ValueError: naming the field to change (dim_model, batch_size, train_size, test_size).
+            ValueError: naming the field to change (dim_model, batch_size, grad_accum_steps, train_size, test_size).
         """
         c, p = self.config, self.prompter
         seq_len = p.max_seq_len
@@ -154,6 +154,15 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
                 f"batch_size: a training step on {c.batch_size:,} prompts of {seq_len:,} tokens needs at least "
                 f"{_gib(sum(need))} (activations kept for the backward pass, logits), more than {where}; lower "
                 "batch_size (grad_accum_steps keeps the step's size) or the prompt length"
+            )
+        # The loop draws a step's micro-batches before it trains on them: their int64 prompt and answer ids are held
+        # together (in this machine's memory; on the CPU it is the step's memory too, where one is counted above).
+        held = c.grad_accum_steps * c.batch_size * seq_len * 16
+        if held + (sum(need) - c.batch_size * seq_len * 16 if self.device.type != "cuda" else 0) > host:
+            raise ValueError(
+                f"grad_accum_steps: an optimizer step holds its {c.grad_accum_steps:,} micro-batches of "
+                f"{c.batch_size:,} prompts of {seq_len:,} tokens at once ({_gib(held)} of token ids), which with the "
+                f"step itself is more than the {_gib(host)} of this machine; lower grad_accum_steps or batch_size"
             )
         token_bytes = smallest_uint_dtype(max(p.vocab_size - 1, 0)).itemsize
         # The loaders hold their splits in memory, prompt and answer at least (streaming: the test split only).
