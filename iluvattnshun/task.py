@@ -103,6 +103,48 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
+def check_training_memory(config: Any, device: torch.device, vocab_size: int, seq_len: int) -> None:
+    """Refuse, before any work, a run of ``build_model(vocab_size, config)`` whose training step cannot fit: a lower
+    bound on the step (``model_config.training_step_memory``) against the device's total memory, and the step's
+    micro-batches, which the loop draws before it trains on them, against this machine's RAM. A run refused here is
+    one that cannot fit.
+
+    Args:
+        config: a config with ``ModelConfig`` and ``TrainerConfig`` fields.
+        device: the device the run trains on.
+        vocab_size, seq_len: the model's vocabulary and the longest training sequence.
+
+    Raises:
+        ValueError: naming the field to change (dim_model, batch_size, grad_accum_steps).
+    """
+    c = config
+    total, host = device_memory_bytes(device), device_memory_bytes(torch.device("cpu"))
+    if total is None or host is None:
+        return
+    where = f"the {_gib(total)} of {'this machine' if device.type != 'cuda' else device}"
+    need = training_step_memory(vocab_size, c, c.batch_size, seq_len, 4 if c.precision == "fp32" else 2)
+    if need.state > total:
+        raise ValueError(
+            f"dim_model: the model's parameters with their gradients and AdamW state need {_gib(need.state)}, "
+            f"more than {where}; choose a smaller model (dim_model, num_layers)"
+        )
+    if sum(need) > total:
+        raise ValueError(
+            f"batch_size: a training step on {c.batch_size:,} sequences of {seq_len:,} tokens needs at least "
+            f"{_gib(sum(need))} (activations kept for the backward pass, logits), more than {where}; lower "
+            "batch_size (grad_accum_steps keeps the step's size) or the sequence length"
+        )
+    # A step's micro-batches are drawn before it trains on them: their int64 input and target ids are held together
+    # (in this machine's memory; on the CPU it is the step's memory too, where one of them is counted above).
+    held = c.grad_accum_steps * c.batch_size * seq_len * 16
+    if held + (sum(need) - c.batch_size * seq_len * 16 if device.type != "cuda" else 0) > host:
+        raise ValueError(
+            f"grad_accum_steps: an optimizer step holds its {c.grad_accum_steps:,} micro-batches of "
+            f"{c.batch_size:,} sequences of {seq_len:,} tokens at once ({_gib(held)} of token ids), which with the "
+            f"step itself is more than the {_gib(host)} of this machine; lower grad_accum_steps or batch_size"
+        )
+
+
 def marker_line(pred: str, answer: str, mask_char: str) -> str:
     """One character per position: ✓ correct, ✗ wrong, . masked."""
     return "".join("." if a == mask_char else ("✓" if p == a else "✗") for p, a in zip(pred, answer))
@@ -130,40 +172,17 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
 
     def check_memory(self) -> None:
         """Refuse a run whose training step or cached data cannot fit in memory, before any data or run directory
-        exists: a lower bound on what it needs (``model_config.training_step_memory``, the cached train split that
-        the loader holds) against the device's total memory. A run refused here is one that cannot fit.
+        exists (``check_training_memory``, then the cached splits that the loaders hold, against this machine's RAM).
 
         Raises:
             ValueError: naming the field to change (dim_model, batch_size, grad_accum_steps, train_size, test_size).
         """
         c, p = self.config, self.prompter
         seq_len = p.max_seq_len
-        total = device_memory_bytes(self.device)
         host = device_memory_bytes(torch.device("cpu"))
-        if seq_len is None or total is None or host is None:
+        if seq_len is None or host is None:
             return
-        where = f"the {_gib(total)} of {'this machine' if self.device.type != 'cuda' else self.device}"
-        need = training_step_memory(p.vocab_size, c, c.batch_size, seq_len, 4 if c.precision == "fp32" else 2)
-        if need.state > total:
-            raise ValueError(
-                f"dim_model: the model's parameters with their gradients and AdamW state need {_gib(need.state)}, "
-                f"more than {where}; choose a smaller model (dim_model, num_layers)"
-            )
-        if sum(need) > total:
-            raise ValueError(
-                f"batch_size: a training step on {c.batch_size:,} prompts of {seq_len:,} tokens needs at least "
-                f"{_gib(sum(need))} (activations kept for the backward pass, logits), more than {where}; lower "
-                "batch_size (grad_accum_steps keeps the step's size) or the prompt length"
-            )
-        # The loop draws a step's micro-batches before it trains on them: their int64 prompt and answer ids are held
-        # together (in this machine's memory; on the CPU it is the step's memory too, where one is counted above).
-        held = c.grad_accum_steps * c.batch_size * seq_len * 16
-        if held + (sum(need) - c.batch_size * seq_len * 16 if self.device.type != "cuda" else 0) > host:
-            raise ValueError(
-                f"grad_accum_steps: an optimizer step holds its {c.grad_accum_steps:,} micro-batches of "
-                f"{c.batch_size:,} prompts of {seq_len:,} tokens at once ({_gib(held)} of token ids), which with the "
-                f"step itself is more than the {_gib(host)} of this machine; lower grad_accum_steps or batch_size"
-            )
+        check_training_memory(c, self.device, p.vocab_size, seq_len)
         token_bytes = smallest_uint_dtype(max(p.vocab_size - 1, 0)).itemsize
         # The loaders hold their splits in memory, prompt and answer at least (streaming: the test split only).
         for name, size in (("train_size", 0 if c.streaming else c.train_size), ("test_size", c.test_size)):
