@@ -250,9 +250,10 @@ def launch_grid(config: DepthLawConfig, g: Grid, logdir: Path, resuming: bool) -
     extra = [*g.extra, f"--tensorboard_logdir={logdir}"]
     cmd = f"{shlex.quote(sys.executable)} -m examples.var_rename"
     if config.dry_run:
-        # The runs' flags checked as a launch checks them (each command with --print_config), once per model: the
-        # seeds' runs differ from seed 0's only in two integer seeds.
-        validate_runs(cmd, [run for run in runs if run.params().get("seed") == "0"], extra)
+        # The runs' flags checked as a launch checks them (a command with --print_config), once per head count: the
+        # other runs differ from those only in integer layer counts, step budgets and seeds.
+        first = {run.params().get("num_heads"): run for run in reversed(runs)}
+        validate_runs(cmd, sorted(first.values(), key=lambda run: run.index), extra)
         for run in runs:
             print(f"{run.shell_command(cmd, extra)}  # pane {run.pane}")
         return record_dir(logdir, PREFIX)
