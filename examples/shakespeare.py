@@ -28,6 +28,7 @@ from iluvattnshun.files import atomic_write
 from iluvattnshun.model_config import ModelConfig, build_model
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.optim import OptimConfig
+from iluvattnshun.task import check_training_memory
 from iluvattnshun.trainer import Trainer, TrainerConfig
 
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -233,6 +234,7 @@ class ShakespeareTrainer(Trainer[ShakespeareConfig]):
         missing = sorted(set(self.config.sample_prompt) - set(self.chars))
         if missing:
             raise ValueError(f"sample_prompt uses characters not in the text: {missing}")
+        check_training_memory(self.config, self.device, len(self.chars), self.config.context_len)
 
     def sequence_length(self) -> int:
         return self.config.context_len

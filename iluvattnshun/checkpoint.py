@@ -1,5 +1,6 @@
 """The run's state on disk: the checkpoint schema (``Checkpoint``, with a format version), writing it, finding what
-to resume, restoring it, retention, cleanup of half-written files, shape-checked model loading and RNG state.
+to resume (the newest that loads, then the newest that fits the model), restoring it, retention, cleanup of
+half-written files, shape-checked model loading and RNG state.
 
 A checkpoint is a dict of tensors and plain containers only (the config is stored as a YAML string, RNG
 states as tensors and lists), so ``torch.load(..., weights_only=True)`` can read it and nothing in the file
@@ -25,6 +26,9 @@ from iluvattnshun import rundir
 from iluvattnshun.config import Config, config_to_dict
 from iluvattnshun.files import atomic_write, temporary_target
 from iluvattnshun.rundir import CKPT_PATTERN, list_checkpoints
+
+MISMATCH_LISTED = 8
+"""Parameters named per kind of mismatch in an error (then how many more): the message stays one short line."""
 
 FORMAT_VERSION = 1
 """Version of the checkpoint layout below; a file of another version is refused with a clear error."""
@@ -302,6 +306,34 @@ def class_path(cls: type) -> str:
     return f"{module}:{cls.__qualname__}"
 
 
+def find_fitting(path: str | os.PathLike[str], model: nn.Module) -> tuple[Path, list[str]]:
+    """The newest checkpoint, ``path`` or an older one of its directory, that loads and whose weights fit
+    ``model``'s names and shapes, and a line for each newer one skipped (a valid checkpoint of another model shape,
+    say, as the newest file).
+
+    Raises:
+        ValueError: ``path``'s own mismatch, when no checkpoint from ``path`` back fits.
+    """
+    path = Path(path)
+    listed = list_checkpoints(path.parent)
+    older = listed[: listed.index(path)] if path in listed else []
+    skipped: list[str] = []
+    first_problem = ""
+    for candidate in [path, *reversed(older)]:
+        try:
+            problem = model_mismatch(model, read_checkpoint(candidate).model, source=repr(os.fspath(candidate)))
+        except ValueError as e:
+            problem = f"unreadable: {str(e).splitlines()[0]}"
+            skipped.append(f"{candidate} is unreadable ({str(e).splitlines()[0]})")
+        else:
+            if problem is None:
+                return candidate, skipped
+            skipped.append(f"{candidate} does not fit the model ({problem})")
+        first_problem = first_problem or problem
+    nor = f", nor do the {len(older)} older checkpoint(s) of its directory" if older else ""
+    raise ValueError(f"{path} does not fit the model (was it trained with a different config?){nor}: {first_problem}")
+
+
 def load_model_weights(path: str | os.PathLike[str], model: nn.Module) -> None:
     """Load only the model weights of a checkpoint file (a trainer's, the original code's, or a bare state dict).
 
@@ -436,33 +468,43 @@ def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return sd
 
 
+def model_mismatch(model: nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> str | None:
+    """Why ``state_dict`` cannot load into ``model`` strictly, in one bounded line (the first few missing,
+    unexpected and shape-mismatched parameters, with both shapes, and how many more); None when it fits."""
+    sd = _strip_prefixes(state_dict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        f"{k}: {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and isinstance(sd[k], torch.Tensor) and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+
+    def listing(items: list[str], sep: str) -> str:
+        more = f" and {len(items) - MISMATCH_LISTED} more" if len(items) > MISMATCH_LISTED else ""
+        return sep.join(i if len(i) <= 200 else i[:200] + "..." for i in items[:MISMATCH_LISTED]) + more
+
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + listing(mismatched, "; "))
+    if missing:
+        problems.append("missing from " + source + ": " + listing(missing, ", "))
+    if unexpected:
+        problems.append("unexpected in " + source + ": " + listing(unexpected, ", "))
+    return " | ".join(problems) if problems else None
+
+
 def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
     """Load ``state_dict`` into ``model`` strictly, after checking every name and shape.
 
     Raises:
         ValueError: naming each missing, unexpected and shape-mismatched parameter (with both shapes).
     """
-    sd = _strip_prefixes(state_dict)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [
-        f"{k}: {source} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and isinstance(sd[k], torch.Tensor) and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched))
-    if missing:
-        problems.append("missing from " + source + ": " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected in " + source + ": " + ", ".join(unexpected))
-    if problems:
-        raise ValueError(
-            f"{source} does not match the model (was it trained with a different config?): " + " | ".join(problems)
-        )
-    model.load_state_dict(sd, strict=True)
+    problem = model_mismatch(model, state_dict, source)
+    if problem is not None:
+        raise ValueError(f"{source} does not match the model (was it trained with a different config?): {problem}")
+    model.load_state_dict(_strip_prefixes(state_dict), strict=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

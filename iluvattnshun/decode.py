@@ -21,6 +21,7 @@ Two ways to run the step:
   worth it for long or many decodes.
 """
 
+import functools
 import math
 import tempfile
 import warnings
@@ -64,27 +65,82 @@ class DecodableModel(Protocol):
     def eval(self) -> Any: ...
 
 
-def check_generate_args(prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """Raise ``ValueError`` naming a bad argument of ``generate``."""
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt must have shape (batch, length >= 1), got {tuple(prompt.shape)}")
+def allocate_cache(make: Callable[[tuple[int, ...]], torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """``make(shape)`` for a (B, H, capacity, D) key or value buffer; a buffer the allocator refuses is a
+    ``ValueError`` that says how large it was (generate's ``max_new_tokens`` sets the capacity)."""
+    try:
+        return make(shape)
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if "allocat" not in str(e) and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+            raise
+        B, H, capacity, D = shape
+        raise ValueError(
+            f"max_new_tokens: a key/value cache of {capacity:,} positions for batch {B} ({B * H * capacity * D:,} "
+            "values per layer and buffer) cannot be allocated here; generate fewer tokens or smaller batches"
+        ) from None
+
+
+def check_generate_args(
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    model: "nn.Module | DecodableModel | None" = None,
+) -> torch.Tensor:
+    """Check the arguments of ``generate``; returns the prompt as int64 token ids (on ``model``'s device).
+
+    Raises:
+        TypeError: naming an argument of the wrong type (a float ``max_new_tokens`` or ``top_k``, a string
+            ``temperature``, a prompt that is not a tensor of integer token ids).
+        ValueError: naming an argument with a bad value, or a model whose parameters hold no data (meta device).
+    """
+    if not isinstance(prompt, torch.Tensor):
+        raise TypeError(f"prompt must be a (batch, length) tensor of token ids, got {type(prompt).__name__}")
+    if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+        raise TypeError(f"prompt must hold integer token ids, got {prompt.dtype}")
+    if prompt.dim() != 2 or 0 in prompt.shape:
+        raise ValueError(f"prompt must have shape (batch >= 1, length >= 1), got {tuple(prompt.shape)}")
+    for name, value in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {str(value)[:40]}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, torch.Tensor)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if isinstance(temperature, torch.Tensor) and temperature.numel() != 1:
+        raise TypeError(f"temperature must be a number, got a tensor of shape {tuple(temperature.shape)}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {float(temperature)}")
+    if model is not None:
+        param = next(model.parameters(), None)
+        if param is not None and param.is_meta:
+            raise ValueError(
+                "model: its parameters are on the meta device and hold no values; materialise them first "
+                "(model.to_empty(device=...) and load_state_dict)"
+            )
+        if param is not None and prompt.device != param.device:
+            raise ValueError(f"prompt is on {prompt.device}, the model on {param.device}: move one to the other")
+    # The datasets store tokens in the smallest integer dtype (uint8 here); the embedding reads int64.
+    return prompt.long()
 
 
 def sample_tokens(
     logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Pick one token per row of (B, V) logits."""
-    if temperature == 0:
+    """Pick one token per row of (B, V) logits.
+
+    Any finite temperature > 0 samples: the logits are shifted so that each row's largest is 0 before the
+    division, so a tiny temperature sends the others to -inf (greedy, in the limit) instead of overflowing. One
+    that is 0 in float32 (at most 2**-150) is greedy.
+    """
+    if temperature <= 2**-150:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / float(temperature)  # (B, V), each row's largest 0
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
@@ -104,7 +160,12 @@ def sampling_loop(
     ``step(token, position)`` feeds one sampled token (B,) and gives the next logits. The model is in eval mode for
     the loop and restored afterwards. Returns (B, P + max_new_tokens) tokens."""
     B, P = prompt.shape
-    out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+    try:
+        out = prompt.new_empty(B, P + max_new_tokens)  # (B, P + N), filled in place
+    except (RuntimeError, MemoryError):
+        raise ValueError(
+            f"max_new_tokens: {B} x {P + max_new_tokens:,} output tokens cannot be allocated here; generate fewer"
+        ) from None
     out[:, :P] = prompt
     if max_new_tokens == 0:
         return out
@@ -154,6 +215,9 @@ class Decoder:
             size it to what you decode.
         compile: compile the step ahead of time (see the module docstring); this takes about half a minute, here.
         """
+        for name, value in (("batch_size", batch_size), ("capacity", capacity)):
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {str(value)[:40]}")
         if capacity < 1 or batch_size < 1:
             raise ValueError(f"batch_size and capacity must be >= 1, got {batch_size}, {capacity}")
         param = next(model.parameters())
@@ -177,7 +241,8 @@ class Decoder:
         # prefix stay finite, so the compiled step's masked weights times them are 0, not NaN.
         shape = (batch_size, model.num_heads, capacity, model.head_dim)
         with torch.inference_mode(False):  # normal tensors even when built in inference mode: export writes them
-            self.cache = [torch.zeros(shape, device=param.device, dtype=param.dtype) for _ in range(2 * len(blocks))]
+            zeros = functools.partial(torch.zeros, device=param.device, dtype=param.dtype)
+            self.cache = [allocate_cache(zeros, shape) for _ in range(2 * len(blocks))]
             self.slots = torch.arange(capacity, device=param.device)  # (capacity,) the compiled step's mask
             self.position = torch.zeros((), dtype=torch.long, device=param.device)  # the compiled step's input
         if blocks:
@@ -200,7 +265,8 @@ class Decoder:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """As ``MultilayerTransformer.generate``: (B, P) prompt -> (B, P + max_new_tokens) tokens."""
-        check_generate_args(prompt, max_new_tokens, temperature, top_k)
+        prompt = check_generate_args(prompt, max_new_tokens, temperature, top_k, self.model)
+        max_new_tokens = int(max_new_tokens)
         B, P = prompt.shape
         if B != self.batch_size or P + max_new_tokens > self.capacity:
             raise ValueError(

@@ -10,7 +10,9 @@ import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
 
 from iluvattnshun.config import Config
 from iluvattnshun.compat import MODEL_NAMES
@@ -74,3 +76,35 @@ class ModelConfig(Config):
 def build_model(vocab_size: int, config: ModelConfig) -> MultilayerTransformer:
     """The RoPE transformer a ``ModelConfig`` describes."""
     return MultilayerTransformer(vocab_size, **config.model_kwargs())
+
+
+ACTIVATIONS_PER_LAYER = 16
+"""Values of width dim_model that autograd keeps per token and layer, at the least: both LayerNorms' inputs and
+outputs (4), q, k and v (3), the attention output (1), the MLP's hidden layer before and after GELU (8). The model
+keeps more (19 without QK-norm: the qkv projection, the rotated q and k, the output projection's input); this is
+a lower bound, so that a run refused for memory is one that cannot fit."""
+
+
+class StepMemory(NamedTuple):
+    """A lower bound on the memory one training step takes, in bytes, by what takes it."""
+
+    state: int
+    """Parameters, their gradients and AdamW's two moments: 4 float32 values per parameter."""
+    activations: int
+    """What autograd keeps for the backward pass, the logits with their log-softmax, and the batch's token ids."""
+
+
+def training_step_memory(
+    vocab_size: int, config: ModelConfig, batch_size: int, seq_len: int, bytes_per_value: int = 2
+) -> StepMemory:
+    """A lower bound on the memory of one training step of ``build_model(vocab_size, config)`` on a micro-batch of
+    ``batch_size`` sequences of ``seq_len`` tokens, activations at ``bytes_per_value`` (2 under bf16 autocast, 4 in
+    float32). The attention itself adds nothing here: the fused kernels keep O(T) per head, not the T x T pattern.
+
+    Per token: ``ACTIVATIONS_PER_LAYER * dim_model`` values per layer, the float32 logits and their log-softmax
+    (``2 * vocab_size * 4`` bytes) and the int64 prompt and answer ids (16 bytes).
+    """
+    with torch.device("meta"):  # the real parameter count, without allocating a parameter
+        params = sum(p.numel() for p in build_model(vocab_size, config).parameters())
+    per_token = config.num_layers * ACTIVATIONS_PER_LAYER * config.dim_model * bytes_per_value + 8 * vocab_size + 16
+    return StepMemory(state=16 * params, activations=batch_size * seq_len * per_token)

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iluvattnshun.compat import model_sizes
-from iluvattnshun.decode import Decoder, check_generate_args, sampling_loop
+from iluvattnshun.decode import Decoder, allocate_cache, check_generate_args, sampling_loop
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 """A hook receives an activation and its name; returning a tensor replaces the activation."""
@@ -176,7 +176,7 @@ class KVCache:
         kbuf, vbuf = self.keys[layer], self.values[layer]
         if kbuf is None or vbuf is None:
             shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
+            kbuf, vbuf = allocate_cache(k.new_empty, shape), allocate_cache(v.new_empty, shape)
             self.keys[layer], self.values[layer] = kbuf, vbuf
         elif kbuf.shape[0] != k.shape[0]:
             raise ValueError(f"KV cache holds batch size {kbuf.shape[0]} but the input has batch size {k.shape[0]}")
@@ -518,6 +518,8 @@ class MultilayerTransformer(_Hookable):
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(x.shape)}")
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise ValueError(f"token ids must be integers, got {x.dtype}")
+        if x.dtype not in (torch.int64, torch.int32):
+            x = x.long()  # the datasets store tokens in the smallest integer dtype; the embedding reads these two
         if x.device.type == "cpu" and x.numel():
             # (on a GPU the check would cost a sync per forward; the embedding asserts there instead)
             lo, hi = (int(v) for v in torch.aminmax(x))  # one pass over the ids
@@ -573,17 +575,23 @@ class MultilayerTransformer(_Hookable):
         and restored afterwards.
 
         Args:
-            prompt: (B, P) token ids; all prompts in a batch have the same length.
-            max_new_tokens: number of tokens to append.
-            temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
-            top_k: sample only among the k most likely tokens.
+            prompt: (B, P) token ids of any integer dtype, on the model's device; all prompts in a batch have the
+                same length.
+            max_new_tokens: number of tokens to append (an int).
+            temperature: 0 means greedy (argmax); any other finite value > 0 divides the logits before sampling
+                (a tiny one approaches greedy; see ``sample_tokens``).
+            top_k: sample only among the k most likely tokens (an int).
             generator: a ``torch.Generator`` on the model's device for reproducible sampling.
             fast: use the lean one-token step (same tokens as the general forward pass).
 
         Returns:
-            (B, P + max_new_tokens) prompt followed by the new tokens.
+            (B, P + max_new_tokens) int64: the prompt followed by the new tokens.
+
+        Raises:
+            TypeError, ValueError: naming a bad argument (see ``check_generate_args``), before any work.
         """
-        check_generate_args(prompt, max_new_tokens, temperature, top_k)
+        prompt = check_generate_args(prompt, max_new_tokens, temperature, top_k, self)
+        max_new_tokens = int(max_new_tokens)
         B, P = prompt.shape
         if fast and not self._hook_fns:
             decoder = Decoder(self, B, P + max_new_tokens)  # sized for this call: no check left to repeat

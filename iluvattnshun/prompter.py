@@ -67,6 +67,9 @@ class PromptConfig(Config, ABC):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.data_seed < 0:
+            # numpy's SeedSequence (every chunk's and stream's seed) takes only non-negative integers.
+            raise ValueError(f"data_seed must be >= 0 (a numpy seed), got {self.data_seed}")
 
     @abstractmethod
     def data_hash_params(self) -> list[str]:

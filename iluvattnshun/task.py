@@ -20,8 +20,11 @@ character marks positions without a target, which the loss ignores). Every hook 
 overridden in a subclass of ``PromptTaskTrainer``.
 """
 
+import contextlib
 import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 import datasets
@@ -32,11 +35,11 @@ import torch.nn.functional as F
 from iluvattnshun import distributed as tdist
 from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader
 from iluvattnshun.datasets import dataset_arrays, dataset_meta, make_dataset
-from iluvattnshun.model_config import ModelConfig, build_model
+from iluvattnshun.model_config import ModelConfig, build_model, training_step_memory
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.optim import OptimConfig
-from iluvattnshun.prompter import PromptConfig, Prompter
 from iluvattnshun.cli import run_from_command_line
+from iluvattnshun.prompter import PromptConfig, Prompter, smallest_uint_dtype
 from iluvattnshun.trainer import Trainer, TrainerConfig
 from iluvattnshun.viz import attention_image
 
@@ -82,6 +85,67 @@ def depth_reach(accuracy: Mapping[int, float], counts: Mapping[int, int], thresh
     return reach
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device``: a CUDA GPU's own; otherwise this machine's RAM, or its cgroup's limit when that is
+    lower (CPU, and MPS, which shares the RAM). None when it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        total = min(total, int(limit)) if limit != "max" else total
+    return int(total)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_training_memory(config: Any, device: torch.device, vocab_size: int, seq_len: int) -> None:
+    """Refuse, before any work, a run of ``build_model(vocab_size, config)`` whose training step cannot fit: a lower
+    bound on the step (``model_config.training_step_memory``) against the device's total memory, and the step's
+    micro-batches, which the loop draws before it trains on them, against this machine's RAM. A run refused here is
+    one that cannot fit.
+
+    Args:
+        config: a config with ``ModelConfig`` and ``TrainerConfig`` fields.
+        device: the device the run trains on.
+        vocab_size, seq_len: the model's vocabulary and the longest training sequence.
+
+    Raises:
+        ValueError: naming the field to change (dim_model, batch_size, grad_accum_steps).
+    """
+    c = config
+    total, host = device_memory_bytes(device), device_memory_bytes(torch.device("cpu"))
+    if total is None or host is None:
+        return
+    where = f"the {_gib(total)} of {'this machine' if device.type != 'cuda' else device}"
+    need = training_step_memory(vocab_size, c, c.batch_size, seq_len, 4 if c.precision == "fp32" else 2)
+    if need.state > total:
+        raise ValueError(
+            f"dim_model: the model's parameters with their gradients and AdamW state need {_gib(need.state)}, "
+            f"more than {where}; choose a smaller model (dim_model, num_layers)"
+        )
+    if sum(need) > total:
+        raise ValueError(
+            f"batch_size: a training step on {c.batch_size:,} sequences of {seq_len:,} tokens needs at least "
+            f"{_gib(sum(need))} (activations kept for the backward pass, logits), more than {where}; lower "
+            "batch_size (grad_accum_steps keeps the step's size) or the sequence length"
+        )
+    # A step's micro-batches are drawn before it trains on them: their int64 input and target ids are held together
+    # (in this machine's memory; on the CPU it is the step's memory too, where one of them is counted above).
+    held = c.grad_accum_steps * c.batch_size * seq_len * 16
+    if held + (sum(need) - c.batch_size * seq_len * 16 if device.type != "cuda" else 0) > host:
+        raise ValueError(
+            f"grad_accum_steps: an optimizer step holds its {c.grad_accum_steps:,} micro-batches of "
+            f"{c.batch_size:,} sequences of {seq_len:,} tokens at once ({_gib(held)} of token ids), which with the "
+            f"step itself is more than the {_gib(host)} of this machine; lower grad_accum_steps or batch_size"
+        )
+
+
 def marker_line(pred: str, answer: str, mask_char: str) -> str:
     """One character per position: ✓ correct, ✗ wrong, . masked."""
     return "".join("." if a == mask_char else ("✓" if p == a else "✗") for p, a in zip(pred, answer))
@@ -103,6 +167,33 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
     def init_state(self) -> None:
         self._depth_hits: torch.Tensor | None = None  # per-depth counts of the evaluation in progress
         self._depth_totals: torch.Tensor | None = None
+
+    def setup(self) -> None:
+        self.check_memory()
+
+    def check_memory(self) -> None:
+        """Refuse a run whose training step or cached data cannot fit in memory, before any data or run directory
+        exists (``check_training_memory``, then the cached splits that the loaders hold, against this machine's RAM).
+
+        Raises:
+            ValueError: naming the field to change (dim_model, batch_size, grad_accum_steps, train_size, test_size).
+        """
+        c, p = self.config, self.prompter
+        seq_len = p.max_seq_len
+        host = device_memory_bytes(torch.device("cpu"))
+        if seq_len is None or host is None:
+            return
+        check_training_memory(c, self.device, p.vocab_size, seq_len)
+        token_bytes = smallest_uint_dtype(max(p.vocab_size - 1, 0)).itemsize
+        # The loaders hold their splits in memory, prompt and answer at least (streaming: the test split only).
+        for name, size in (("train_size", 0 if c.streaming else c.train_size), ("test_size", c.test_size)):
+            split = size * seq_len * 2 * token_bytes
+            if split > host:
+                fix = "; lower it" + (" or train on fresh examples (--streaming)" if name == "train_size" else "")
+                raise ValueError(
+                    f"{name}: the cached {name[:-5]} split of {size:,} prompts of {seq_len:,} tokens is held in memory "
+                    f"({_gib(split)} at least), more than the {_gib(host)} of this machine{fix}"
+                )
 
     def get_model(self) -> nn.Module:
         return build_model(self.prompter.vocab_size, self.config)

@@ -46,6 +46,7 @@ from iluvattnshun.checkpoint import (
     Progress,
     class_path,
     cleanup_temp_files,
+    find_fitting,
     find_resume,
     get_rng_state,
     load_checkpoint,
@@ -146,6 +147,8 @@ class TrainerConfig(Config):
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**63:  # numpy's generators take no negative seed, torch's none past 64 bits
+            raise ValueError(f"seed must be in 0..2**63-1, got {self.seed}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.grad_norm_max is not None and not self.grad_norm_max >= 0:  # NaN too
@@ -449,6 +452,10 @@ class Trainer(ABC, Generic[C]):
                 self.scheduler = self.get_scheduler(self.optimizer)
                 rng_states: list[Any] = []
                 if resume_ckpt is not None:
+                    fitting, skipped = find_fitting(resume_ckpt, self.model)  # newest of another shape: an older one
+                    if skipped:
+                        self._notices.append(("resume: falling back", "\n".join(skipped)))
+                    resume_ckpt = str(fitting)
                     resumed = resume(resume_ckpt, self.model, self.optimizer, self.scheduler, cfg, self.world_size)
                     self.progress, rng_states = resumed.progress, resumed.rng
                     self._notices += resumed.notices

@@ -47,6 +47,10 @@ def shakespeare(d: Path) -> list[str]:
     return [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={os.environ.get(SHAKESPEARE_ENV, 'missing.txt')}"]
 
 
+def without(args: list[str], name: str) -> list[str]:
+    return [a for a in args if not a.startswith(f"--{name}=")]
+
+
 def write(relative: str, text: str) -> Callable[[Path], None]:
     def prepare(d: Path) -> None:
         (d / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +99,16 @@ CASES = [
     Case("empty sample prompt", lambda d: [*shakespeare(d), "--sample_prompt="], "sample_prompt", task="shakespeare"),
     Case("qk_norm not a bool", lambda d: [*tiny(d), "--qk_norm=maybe"], "qk_norm"),
     Case("mixed layouts with too few renames", lambda d: [*tiny(d), "--mix_layouts", "--bind_first=false", "--num_chains=4", "--num_renames=3"], "num_renames"),
+    Case("negative data seed", lambda d: [*tiny(d), "--data_seed=-1"], "data_seed"),
+    Case("negative training seed", lambda d: [*tiny(d), "--seed=-1"], "seed must be"),
+    Case("training seed past 64 bits", lambda d: [*tiny(d), "--seed=" + "9" * 30], "seed must be"),
+    Case("streamed batch beyond memory", lambda d: [*tiny(d), "--streaming", "--batch_size=1000000000"], "batch_size: a training step on 1,000,000,000 sequences of 32 tokens needs at least"),
+    Case("prompts beyond memory", lambda d: [*tiny(d), "--num_renames=1000000", "--batch_size=64"], "batch_size: a training step on 64 sequences of 4,000,000 tokens"),
+    Case("model beyond memory", lambda d: [*without(tiny(d), "dim_model"), "--dim_model=1000000"], "dim_model: the model's parameters"),
+    Case("cached split beyond memory", lambda d: [*without(tiny(d), "train_size"), "--train_size=100000000000"], "train_size: the cached train split"),
+    Case("streamed run with a test split beyond memory", lambda d: [*without(tiny(d), "test_size"), "--streaming", "--test_size=100000000000"], "test_size: the cached test split"),
+    Case("step's micro-batches beyond memory", lambda d: [*tiny(d), "--streaming", "--grad_accum_steps=1000000000"], "grad_accum_steps: an optimizer step holds its 1,000,000,000 micro-batches"),
+    Case("shakespeare batch beyond memory", lambda d: [*shakespeare(d), "--batch_size=1000000000"], "batch_size: a training step on 1,000,000,000 sequences", task="shakespeare"),
     Case("binary text file", lambda d: [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={d / 'bin.txt'}"], "bin.txt is not UTF-8", task="shakespeare", prepare=lambda d: (d / "bin.txt").write_bytes(bytes(range(256)) * 20)),
 ]  # fmt: skip
 

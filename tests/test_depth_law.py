@@ -116,6 +116,18 @@ def test_unwritable_out_and_bad_run_flags_stop_before_anything_is_written(
     assert not any(tmp_path.iterdir())
 
 
+def test_dry_run_checks_the_extra_flags_and_the_session(tmp_path: Path) -> None:
+    for args, message in (
+        (["--extra=--nmu_layers=3"], "rejected before launch: unknown option --nmu_layers; did you mean --num_layers?"),
+        (["--session=a.b"], "session must be a tmux session name"),
+        (["--session=#(touch x)"], "session must be a tmux session name"),
+    ):
+        proc = depth_law(["--dry_run", f"--out={tmp_path / 'o'}", *args], tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
+        assert not proc.stdout and not any(tmp_path.iterdir())
+
+
 def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "0,1"}
     proc = subprocess.run(

@@ -1,8 +1,11 @@
 """Tests for the RoPE transformer, its KV cache and generation."""
 
+from typing import Any, Callable
+
 import pytest
 import torch
 
+from iluvattnshun.decode import Decoder
 from iluvattnshun.nn import Attention, KVCache, MultilayerTransformer, RotaryEmbedding, causal_mask
 
 ATOL = 1e-5
@@ -266,6 +269,46 @@ def test_generate_restores_training_mode_and_validates_input() -> None:
         model.generate(torch.zeros(1, 2, dtype=torch.long), 2, temperature=-1.0)
     with pytest.raises(ValueError, match="prompt"):
         model.generate(torch.zeros(2, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("path", ["decoder", "general", "Decoder"])
+def test_generate_names_each_bad_argument_before_any_work(path: str) -> None:
+    model = make_model()
+    prompt = torch.randint(0, 17, (1, 3))
+
+    def generate(model: MultilayerTransformer, prompt: Any, new: Any = 2, **kw: Any) -> torch.Tensor:
+        if path == "Decoder":
+            if isinstance(new, int) and new > 10**9:  # a decoder is sized up front: its capacity is the cache's
+                return Decoder(model, 1, new).generate(prompt, new, **kw)
+            return Decoder(model, 1, 8).generate(prompt, new, **kw)
+        return model.generate(prompt, new, fast=path == "decoder", **kw)
+
+    bad: list[tuple[type[Exception], str, Callable[[], Any]]] = [
+        (TypeError, "top_k must be an int, got float", lambda: generate(model, prompt, top_k=2.5)),
+        (TypeError, "top_k must be an int, got bool", lambda: generate(model, prompt, top_k=True)),
+        (TypeError, "max_new_tokens must be an int, got float", lambda: generate(model, prompt, 2.0)),
+        (TypeError, "temperature must be a number, got str", lambda: generate(model, prompt, temperature="1")),
+        (TypeError, "prompt must hold integer token ids", lambda: generate(model, prompt.float())),
+        (TypeError, "prompt must be a .* tensor", lambda: generate(model, [[1, 2]])),
+        (ValueError, r"prompt must have shape \(batch >= 1", lambda: generate(model, prompt[:0])),
+        (ValueError, "max_new_tokens: .* cannot be allocated here", lambda: generate(model, prompt, 10**15)),
+        (ValueError, "model: its parameters are on the meta device", lambda: generate(model.to("meta"), prompt)),
+    ]
+    for kind, message, call in bad:
+        with pytest.raises(kind, match=message):
+            call()
+
+
+def test_generate_takes_any_integer_prompt_and_any_finite_temperature() -> None:
+    model = make_model()
+    prompt = torch.randint(0, 17, (4, 3))
+    greedy = model.generate(prompt, 6, temperature=0.0)
+    assert torch.equal(model.generate(prompt.to(torch.uint8), 6, temperature=0.0), greedy)  # as datasets store them
+    assert model.generate(prompt.to(torch.int16), 6, temperature=0.0).dtype == torch.long
+    for fast in (True, False):
+        for temperature in (1e-45, 5e-324):  # logits / temperature overflow float32: the limit is greedy
+            sampled = model.generate(prompt, 6, temperature=temperature, fast=fast, generator=torch.Generator())
+            assert torch.equal(sampled, greedy)
 
 
 @pytest.mark.parametrize("fast", [True, False])

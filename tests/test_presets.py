@@ -4,10 +4,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 
 from examples import dag, shakespeare, var_eval
 from examples.var_rename import task as var_rename
 from iluvattnshun.config import get_yaml_string
+from iluvattnshun.model_config import training_step_memory
+from iluvattnshun.task import PromptTaskTrainer, device_memory_bytes
 
 GOLDEN = Path(__file__).parent / "presets"
 
@@ -18,6 +21,11 @@ PRESETS: dict[str, dict[str, Callable[[], Any]]] = {
     "shakespeare": shakespeare.PRESETS,
 }
 CASES = [(task, name) for task, presets in PRESETS.items() for name in presets]
+PROMPTERS: dict[str, Any] = {
+    "var_rename": var_rename.VarRenamePrompter,
+    "var_eval": var_eval.VarEvalPrompter,
+    "dag": dag.DagPrompter,
+}
 
 
 @pytest.mark.parametrize(("task", "name"), CASES)
@@ -106,3 +114,22 @@ def test_quick_presets_are_bounded_by_steps() -> None:
 if __name__ == "__main__":  # regenerate the pinned files after a deliberate preset change
     for task, name in CASES:
         (GOLDEN / f"{task}_{name}.yaml").write_text(get_yaml_string(PRESETS[task][name]()))
+
+
+@pytest.mark.parametrize(("task", "name"), [(t, n) for t, n in CASES if t in PROMPTERS])
+def test_every_prompt_task_preset_passes_the_memory_check(task: str, name: str) -> None:
+    # The check refuses only what cannot fit: every preset, the paper ones included, passes on this machine's RAM.
+    config = PRESETS[task][name]()
+    PromptTaskTrainer(PROMPTERS[task](config)).check_memory()
+
+
+def test_the_memory_estimate_is_a_real_lower_bound() -> None:
+    # The paper recipe (8 layers, d_model 128, batch 128 x 600 tokens) keeps at least 8 x 16 x 128 values per token
+    # for the backward pass: 2.4 GiB at bf16, 4.7 GiB in float32, with its 1.6M parameters' 25 MB of state.
+    config = var_rename.paper()
+    need = training_step_memory(39, config, config.batch_size, 600, bytes_per_value=2)
+    assert 16 * 1_500_000 < need.state < 16 * 1_700_000
+    assert need.activations == 128 * 600 * (8 * 16 * 128 * 2 + 8 * 39 + 16)
+    assert sum(training_step_memory(39, config, 128, 600, bytes_per_value=4)) / 2**30 > 4.6
+    total = device_memory_bytes(torch.device("cpu"))
+    assert total is not None and total > 2**30

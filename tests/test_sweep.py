@@ -199,6 +199,16 @@ def test_unknown_grid_key_is_relayed_from_print_config(tmp_path: Path, capsys: p
     assert "run 1 (--num_layers=x)" in err and "expected int" in err
 
 
+def test_a_command_that_is_not_a_run_command_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Exit 0 is not enough: the command must print the run's resolved config, with the run name it was given.
+    for cmd, shown in (("echo hi", "'hi --num_layers=1 --run_name=p_0 --print_config'"), ("true", "'nothing'")):
+        err = error_of(["--cmd", cmd, "--grid", "num_layers=1,2", "--gpus=none", "--prefix=p", "--dry-run"], capsys)
+        assert f"run 0: {cmd!r} exited 0 with --print_config but printed {shown}" in err, err
+        assert "is it a run command of this library?" in err
+    assert not tmp_path.joinpath(".sweeps").exists()
+    assert sweep.main(["--cmd", dummy_cmd(tmp_path), "--grid", "num_layers=1,2", "--gpus=none", "--dry-run"]) == 0
+
+
 def test_a_field_swept_under_two_names_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # lr and learning_rate (its earlier name) name one field: the task refuses the pair, so the sweep stops before
     # any run instead of planning runs whose lr values never apply.
@@ -372,6 +382,29 @@ def test_summary_lists_every_state_and_skips_older_runs(tmp_path: Path, capsys: 
     err = error_of(["summarize", str(logdir), "--prefix", "s", "--sort", "bleu"], capsys)
     assert "--sort 'bleu'" in err and "val/accuracy" in err
     assert "no runs named" in error_of(["summarize", str(logdir), "--prefix", "nope"], capsys)
+
+
+def test_summary_warns_of_an_events_file_that_holds_no_event(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    for i in range(2):
+        assert sweep_dummy.main([f"--tensorboard_logdir={logdir}", f"--run_name=s_{i}", f"--num_layers={i + 1}"]) == 0
+    (garbage,) = run_dirs(logdir, "s")["s_1"].glob("*tfevents*")
+    garbage.write_bytes(os.urandom(3000))
+    (run_dirs(logdir, "s")["s_0"] / "events.out.tfevents.1.dir").mkdir()  # not a file: TensorBoard's reader trips
+    proc = subprocess.run(
+        [sys.executable, "-m", "iluvattnshun.sweep", "summarize", str(logdir), "--prefix", "s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0
+    warnings = proc.stderr.splitlines()
+    assert len(warnings) == 2 and warnings[0].startswith("warning: s_0: ") and "tfevents.1.dir" in warnings[0]
+    assert warnings[1].startswith("warning: s_1: ") and str(garbage) in warnings[1], proc.stderr
+    assert "no readable TensorBoard event" in warnings[1]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("s_")]
+    assert [r[0] for r in rows] == ["s_0", "s_1"] and rows[0][3] == "2" and set(rows[1][4:]) == {"-"}  # the table stays
 
 
 @requires_tmux

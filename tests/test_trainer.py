@@ -216,6 +216,25 @@ def test_resume_picks_the_newest_loadable_checkpoint(tmp_path: Path, capsys: pyt
     assert "resumed from" in out and "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
 
 
+def test_resume_falls_back_past_a_checkpoint_of_another_model_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="a"))
+    other = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="wide", d_model=48))
+    newest = Path(first.run_dir or "") / "ckpt_00000004.pt"
+    newest.write_bytes((Path(other.run_dir or "") / "ckpt_00000004.pt").read_bytes())  # valid, of another shape
+    capsys.readouterr()
+    resumed = train(make_config(tmp_path, max_steps=6, resume=True, run_name="a"))
+    out = capsys.readouterr().out
+    assert "resume: falling back" in out and "ckpt_00000004.pt does not fit the model (shape mismatch" in out
+    assert "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
+    # no checkpoint of the run's shape left: refused as before, naming the mismatch
+    for path in list_checkpoints(first.run_dir or ""):
+        path.write_bytes(newest.read_bytes())
+    with pytest.raises(ValueError, match="does not fit the model.*nor do the 4 older checkpoint.*shape mismatch"):
+        train(make_config(tmp_path, max_steps=8, resume=True, run_name="a"))
+
+
 def test_resume_refuses_other_data_and_a_second_process(tmp_path: Path) -> None:
     first = train(make_config(tmp_path, max_steps=2, run_name="d"))
     with pytest.raises(ValueError, match="other data.*data_seed: 1234 -> 7"):

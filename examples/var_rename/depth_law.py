@@ -41,7 +41,7 @@ from iluvattnshun.files import atomic_write, check_writable
 from iluvattnshun.sweep import Override, SweepError, launch, plan_runs, read_record, read_status, record_dir
 from iluvattnshun.sweep import wait_for_runs
 from iluvattnshun.sweep import slurm
-from iluvattnshun.sweep.plan import default_gpus
+from iluvattnshun.sweep.plan import NAME_RE, default_gpus, validate_runs
 from iluvattnshun.sweep.progress import SweepProgress
 from iluvattnshun.sweep.tmux import session_exists, tmux_path
 from iluvattnshun.task import depth_reach
@@ -123,7 +123,7 @@ class DepthLawConfig(Config):
     min_positions: int = 100
     """Depths with fewer scored test positions are left out of the depth reach."""
     dry_run: bool = False
-    """Print the grid's commands and create nothing."""
+    """Check the runs' flags (--extra included), print the grid's commands and create nothing."""
     results_only: bool = False
     """Write the results from the checkpoints that exist now; launch and wait for nothing."""
     backend: Literal["tmux", "slurm"] = "tmux"
@@ -155,6 +155,10 @@ class DepthLawConfig(Config):
             raise ValueError(f"parallel must be >= 0 (0: one run per core or GPU), got {self.parallel}")
         if not 1 <= self.seeds <= 100:
             raise ValueError(f"seeds must be in 1..100, got {self.seeds}")
+        if not NAME_RE.match(self.session):
+            raise ValueError(
+                f"session must be a tmux session name of letters, digits, '_' and '-', got {self.session[:40]!r}"
+            )
         if self.gpus not in ("auto", "cpu") and not all(g.isdigit() for g in self.gpus.split(",")):
             raise ValueError(f"gpus must be auto, cpu or GPU ids such as 0,1, got {self.gpus[:40]!r}")
 
@@ -263,6 +267,10 @@ def launch_grid(config: DepthLawConfig, g: Grid, logdir: Path, resuming: bool) -
     extra = [*g.extra, f"--tensorboard_logdir={logdir}"]
     cmd = f"{shlex.quote(sys.executable)} -m examples.var_rename"
     if config.dry_run:
+        # The runs' flags checked as a launch checks them (a command with --print_config), once per head count: the
+        # other runs differ from those only in integer layer counts, step budgets and seeds.
+        first = {run.params().get("num_heads"): run for run in reversed(runs)}
+        validate_runs(cmd, sorted(first.values(), key=lambda run: run.index), extra)
         for run in runs:
             print(f"{run.shell_command(cmd, extra)}  # pane {run.pane}")
         return record_dir(logdir, PREFIX)

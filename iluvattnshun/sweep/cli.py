@@ -270,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     csv_path=args.csv,
                     html_path=args.html,
                     status_dir=args.status_dir,
+                    warn=lambda line: print(f"warning: {line}", file=sys.stderr),
                 )
             )
             if args.csv:

@@ -273,7 +273,8 @@ def validate_runs(cmd: str, runs: Sequence[Run], extra: Sequence[str] = (), cwd:
         The parsed YAML each command printed (the resolved configs), in run order.
 
     Raises:
-        SweepError: naming the first failing run and relaying its error message (e.g. an unknown field).
+        SweepError: naming the first failing run and relaying its error message (e.g. an unknown field), or the
+            first run whose command exited 0 without printing a config holding its run name (not a run command).
     """
 
     def check(run: Run) -> tuple[int, str, str]:
@@ -304,12 +305,27 @@ def validate_runs(cmd: str, runs: Sequence[Run], extra: Sequence[str] = (), cwd:
         hint = "" if rc == 2 else f" (exit {rc}; a command without --print_config needs --skip-validation)"
         raise SweepError(f"run {run.index} ({what}) rejected before launch: {message}{hint}{more}")
     configs = []
-    for out in (out for _, out, _ in results):
+    for run, (_, out, _) in zip(runs, results):
         try:
-            configs.append(yaml.safe_load(out))
+            config = yaml.safe_load(out)
         except yaml.YAMLError:
-            configs.append(None)
+            config = None
+        # Exit 0 alone proves nothing (`echo hi` exits 0): a run command of this library prints its resolved config,
+        # which holds the run name the launcher gave it.
+        if not isinstance(config, dict) or config.get("run_name") != run.run_name:
+            shown = last_line(out)[:80] or "nothing"
+            raise SweepError(
+                f"run {run.index}: {short_command(cmd)!r} exited 0 with --print_config but printed {shown!r}, not a "
+                f"config with run_name {run.run_name!r}: is it a run command of this library? (--skip-validation "
+                "launches without this check)"
+            )
+        configs.append(config)
     return configs
+
+
+def short_command(cmd: str, limit: int = 80) -> str:
+    """``cmd`` for an error message, cut to ``limit`` characters."""
+    return cmd if len(cmd) <= limit else cmd[: limit - 3] + "..."
 
 
 def config_logdir(configs: Sequence[Any], cwd: str) -> Path | None:

@@ -13,7 +13,7 @@ import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -47,6 +47,8 @@ class RunResult:
     """Validation scalars: tag -> ``[(step, value)]`` sorted by step."""
     job: slurm.JobState | None = None
     """The run's SLURM job (id, state, requeues); None for a tmux sweep."""
+    unreadable: list[Path] = field(default_factory=list)
+    """Events files of the run directory that hold no readable event (their metrics are missing from ``scalars``)."""
 
     def final(self, tag: str) -> float | None:
         """The last logged value of ``tag``."""
@@ -78,27 +80,56 @@ def _natural_key(text: str) -> list[Any]:
 
 
 def read_scalars(run_dir: Path, mode: str = "val") -> dict[str, list[tuple[int, float]]]:
-    """The scalars under ``<mode>/`` in a run directory's TensorBoard events (duplicate steps: last wins)."""
+    """The scalars under ``<mode>/`` in a run directory's TensorBoard events (duplicate steps: last wins).
+
+    The events files are read one by one, in name order as TensorBoard reads a directory; one that cannot be read
+    (a directory under an events file's name, say) is skipped (``unreadable_event_files`` names it)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    tags = acc.Tags()
     series: dict[str, dict[int, float]] = {}
-    for tag in tags.get("scalars", []):
-        if tag.startswith(mode + "/"):
-            for event in acc.Scalars(tag):
-                series.setdefault(tag, {})[int(event.step)] = float(event.value)
-    # Newer writers may log scalars as rank-0 tensors rather than simple values.
-    for tag in tags.get("tensors", []):
-        if tag.startswith(mode + "/") and tag not in series:
-            from tensorboard.util import tensor_util
+    for path in sorted(run_dir.glob("*tfevents*")):
+        if not path.is_file():
+            continue
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+        try:
+            acc.Reload()
+        except OSError:
+            continue
+        tags = acc.Tags()
+        for tag in tags.get("scalars", []):
+            if tag.startswith(mode + "/"):
+                for event in acc.Scalars(tag):
+                    series.setdefault(tag, {})[int(event.step)] = float(event.value)
+        # Newer writers may log scalars as rank-0 tensors rather than simple values.
+        for tag in tags.get("tensors", []):
+            if tag.startswith(mode + "/") and tag not in tags.get("scalars", []):
+                from tensorboard.util import tensor_util
 
-            for event in acc.Tensors(tag):
-                value = tensor_util.make_ndarray(event.tensor_proto)
-                if value.size == 1 and value.dtype.kind in "fiu":
-                    series.setdefault(tag, {})[int(event.step)] = float(value.reshape(()))
+                for event in acc.Tensors(tag):
+                    value = tensor_util.make_ndarray(event.tensor_proto)
+                    if value.size == 1 and value.dtype.kind in "fiu":
+                        series.setdefault(tag, {})[int(event.step)] = float(value.reshape(()))
     return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+def unreadable_event_files(run_dir: Path) -> list[Path]:
+    """The TensorBoard events files of a run directory that hold bytes but no readable event (garbage, or another
+    kind of file under an events file's name), or that are not files: TensorBoard skips or trips over them."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    bad = []
+    for path in sorted(run_dir.glob("*tfevents*")):
+        try:
+            if not path.is_file():  # a directory under an events file's name, say
+                bad.append(path)
+                continue
+            if path.stat().st_size == 0:  # empty: a writer that has just started
+                continue
+            if next(iter(EventFileLoader(str(path)).Load()), None) is None:  # a real file opens with its version
+                bad.append(path)
+        except OSError:
+            bad.append(path)
+    return bad
 
 
 def _read_config(run: rundir.RunDir) -> dict[str, Any]:
@@ -165,6 +196,7 @@ def load_sweep(
         if not config and index in recorded:
             config = {k: True if v is None else yaml.safe_load(v) for k, v in recorded[index]["overrides"]}
         scalars = read_scalars(run_dir, mode) if run_dir is not None else {}
+        unreadable = unreadable_event_files(run_dir) if run_dir is not None else []
         status = read_status(rdir, index) if index in recorded else None
         saved = found.checkpoints() if found is not None else []
         saved_step = rundir.checkpoint_step(saved[-1]) if saved else None
@@ -194,6 +226,7 @@ def load_sweep(
                 config=config,
                 scalars=scalars,
                 job=job,
+                unreadable=unreadable,
             )
         )
     return results, older
@@ -421,6 +454,7 @@ def summarize(
     csv_path: str | os.PathLike[str] | None = None,
     html_path: str | os.PathLike[str] | None = None,
     status_dir: str | os.PathLike[str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> str:
     """Summarizes sweep ``prefix`` under ``logdir``: returns the console table, optionally writes CSV/HTML.
 
@@ -432,10 +466,16 @@ def summarize(
         csv_path: where to write the CSV.
         html_path: where to write the plotly HTML page.
         status_dir: the sweep record directory, if not ``<logdir>/.sweeps/<prefix>``.
+        warn: called with one line for each events file that holds no readable event (the table shows its run's
+            metrics as missing).
     """
     if by not in ("best", "final"):
         raise SweepError(f"--by {by!r}: expected 'best' or 'final'")
     results, older = load_sweep(logdir, prefix, status_dir)
+    for r in results:
+        for path in r.unreadable:
+            if warn is not None:
+                warn(f"{r.run_name}: {path} holds no readable TensorBoard event (corrupt?); its metrics are missing")
     if not results:
         raise SweepError(f"no runs named run_<N>_{prefix}_<i> in {str(logdir)!r} and no sweep record for {prefix!r}")
     tags = metric_tags(results)
