@@ -39,8 +39,8 @@ CPU_AOT_OPTIONS: dict[str, Any] = {
     "max_autotune_report_choices_stats": False,
 }
 """AOTInductor settings for the compiled step on a CPU: autotuned matrix products (1.4x the untuned compiled step
-at batch 1 on this project's CPU; bench/RESULTS.md), without printing the autotuning tables and statistics. On a GPU the
-step is compiled untuned until a GPU measurement says otherwise."""
+at batch 1 on this project's CPU; bench/RESULTS.md), without printing the autotuning tables and statistics. On a
+GPU the step is compiled untuned until a GPU measurement says otherwise."""
 
 
 class DecodableModel(Protocol):
