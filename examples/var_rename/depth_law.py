@@ -1,6 +1,6 @@
 """The depth law: how many hops of variable renaming a transformer with n layers resolves, as one command.
 
-    python -m examples.var_rename.depth_law                   # CPU grid, 1-4 layers: within an hour on 2 cores
+    python -m examples.var_rename.depth_law                   # CPU grid, 1-4 layers x 3 seeds (time: examples/README.md)
     python -m examples.var_rename.depth_law --scale=paper     # the original grid, 2-5 layers x 1-2 heads, on GPUs
     python -m examples.var_rename.depth_law --out=results/law2 --dry_run
 
