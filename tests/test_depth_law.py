@@ -26,6 +26,7 @@ def depth_law(args: list[str], cwd: Path, path: str | None = None) -> subprocess
     )
 
 
+@pytest.mark.slow  # the whole grid in tmux (about a minute); the bad-input and dry-run tests stay in the default run
 def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path: Path) -> None:
     session = f"law_test_{os.getpid()}"
     tiny = (
@@ -104,7 +105,8 @@ def test_missing_tmux_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
         (["--extra=--lr=-1"], "rejected before launch: lr must be a finite number > 0"),
         (["--seeds=0"], "seeds must be in 1..100"),
         (["--gpus=0,x"], "gpus must be auto, cpu or GPU ids"),
-        (["--extra=--qk_norm=maybe"], "qk_norm"),
+        # the same path as --extra=--lr=-1 (the task refuses a run flag), with another field: slow
+        pytest.param(["--extra=--qk_norm=maybe"], "qk_norm", marks=pytest.mark.slow),
     ],
 )
 def test_unwritable_out_and_bad_run_flags_stop_before_anything_is_written(
