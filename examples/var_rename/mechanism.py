@@ -61,7 +61,7 @@ def statement_facts(answer: np.ndarray, depth: np.ndarray, mask: int) -> tuple[n
 
 def bin_of_span(span: np.ndarray) -> np.ndarray:
     """The index in ``BINS`` of each hop span >= 1."""
-    return 1 + np.searchsorted(np.asarray(SPAN_EDGES), span, side="right") - 1
+    return np.searchsorted(np.asarray(SPAN_EDGES), span, side="right")  # span 1 -> bin 1 ("span 1"), ...
 
 
 @torch.no_grad()
