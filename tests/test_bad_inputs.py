@@ -1,8 +1,12 @@
 """Bad input, as a careless or hostile user gives it, run as real processes: every case stops before any work
-with exit status 2 and one ``error: ...`` line naming the problem, and leaves no run directory or dataset behind."""
+with exit status 2 and one ``error: ...`` line naming the problem, and leaves no run directory or dataset behind.
+
+The cases run in processes forked from zygotes that have imported the project (``tests/forked.py``), one of them
+also as a plain ``python -m`` process."""
 
 import concurrent.futures
 import os
+import queue
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,6 +17,7 @@ import pytest
 import torch
 
 from iluvattnshun.nn import MultilayerTransformer
+from forked import Zygote, command_env, zygotes
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE_ENV = "ILUVATTNSHUN_SHAKESPEARE"
@@ -113,27 +118,35 @@ CASES = [
 ]  # fmt: skip
 
 
-def run_case(case: Case, root: Path) -> tuple[Case, Path, subprocess.CompletedProcess[str]]:
+def case_dir(case: Case, root: Path) -> Path:
     d = root / case.name.replace(" ", "_")
     d.mkdir()
     case.prepare(d)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", f"examples.{case.task}", *case.args(d)],
-        cwd=d,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return case, d, proc
+    return d
+
+
+def run_case(case: Case, root: Path, pool: queue.Queue[Zygote]) -> tuple[Case, Path, subprocess.CompletedProcess[str]]:
+    d = case_dir(case, root)
+    zygote = pool.get()
+    try:
+        return case, d, zygote.run(f"examples.{case.task}", case.args(d), d, command_env())
+    finally:
+        pool.put(zygote)
+
+
+def plain_run(case: Case, root: Path) -> tuple[Case, Path, subprocess.CompletedProcess[str]]:
+    d = case_dir(case, root)
+    command = [sys.executable, "-m", f"examples.{case.task}", *case.args(d)]
+    return case, d, subprocess.run(command, cwd=d, env=command_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_every_bad_input_stops_before_work_with_one_line(tmp_path: Path) -> None:
     if not Path(os.environ.get(SHAKESPEARE_ENV, "")).is_file():
         pytest.skip(f"set {SHAKESPEARE_ENV} to a Tiny Shakespeare input.txt (.ci/run does)")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda c: run_case(c, tmp_path), CASES))
+    (tmp_path / "forked").mkdir()
+    with zygotes(2) as pool, concurrent.futures.ThreadPoolExecutor(max_workers=2) as threads:
+        results = list(threads.map(lambda c: run_case(c, tmp_path / "forked", pool), CASES))
+    results.append(plain_run(CASES[0], tmp_path))
     problems = []
     for case, d, proc in results:
         lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("note:")]

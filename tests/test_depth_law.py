@@ -9,21 +9,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from forked import command_env, python_m
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
 def depth_law(args: list[str], cwd: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "PATH": path or os.environ["PATH"]}
-    return subprocess.run(
-        [sys.executable, "-m", "examples.var_rename.depth_law", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """The command as a real process (forked from the tests' zygote), with ``path`` as its PATH if given."""
+    env = command_env(PATH=path or os.environ["PATH"])
+    return python_m("examples.var_rename.depth_law", args, cwd, env, timeout=600)
 
 
 @pytest.mark.slow  # the whole grid in tmux (about a minute); the bad-input and dry-run tests stay in the default run
@@ -102,7 +96,7 @@ def test_missing_tmux_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
     "args, message",
     [
         (["--out=/proc/iluvattnshun/law"], "out: cannot write to '/proc/iluvattnshun/law'"),
-        (["--extra=--lr=-1"], "rejected before launch: lr must be a finite number > 0"),
+        (["--layers=1", "--seeds=1", "--extra=--lr=-1"], "rejected before launch: lr must be a finite number > 0"),
         (["--seeds=0"], "seeds must be in 1..100"),
         (["--gpus=0,x"], "gpus must be auto, cpu or GPU ids"),
         # the same path as --extra=--lr=-1 (the task refuses a run flag), with another field: slow
@@ -131,23 +125,8 @@ def test_dry_run_checks_the_extra_flags_and_the_session(tmp_path: Path) -> None:
 
 
 def test_paper_scale_plans_the_original_grid_over_the_visible_gpus(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "0,1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "examples.var_rename.depth_law",
-            "--scale=paper",
-            f"--out={tmp_path / 'p'}",
-            "--seeds=2",
-            "--dry_run",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["--scale=paper", f"--out={tmp_path / 'p'}", "--seeds=2", "--dry_run"]
+    proc = python_m("examples.var_rename.depth_law", args, tmp_path, command_env(CUDA_VISIBLE_DEVICES="0,1"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 16 and all("--preset=paper" in line for line in lines)

@@ -2,17 +2,14 @@
 
 import json
 import subprocess
-import sys
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from forked import python_m
 
 
 def llm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "examples.var_rename.llm", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    """``python -m examples.var_rename.llm *args`` as a real process (forked from the tests' zygote)."""
+    return python_m("examples.var_rename.llm", args, cwd, timeout=120)
 
 
 def solve(program: str, variable: str) -> tuple[str, int]:
