@@ -3,7 +3,6 @@
 import math
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,6 +10,7 @@ from typing import Literal
 import pytest
 import yaml
 
+from forked import python_m
 from iluvattnshun.config import (
     config_from_dict,
     config_to_dict,
@@ -278,10 +278,7 @@ def test_yaml_load_rejects_unknown_keys_and_bad_types(tmp_path: Path) -> None:
 
 
 def _run_toy(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tests.toy_task", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    return python_m("tests.toy_task", args, REPO, timeout=120)
 
 
 def test_cli_subprocess_contract() -> None:

@@ -12,6 +12,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from forked import python_m
 from iluvattnshun import load_run
 from iluvattnshun.checkpoint import read_checkpoint, write_checkpoint
 from iluvattnshun.nn import MultilayerTransformer
@@ -40,10 +41,8 @@ def tiny_args(tmp_path: Path, run_name: str = "t") -> list[str]:
 
 
 def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+    """``python -m module *args`` as a real process, forked from the tests' zygote (``tests/forked.py``)."""
+    return python_m(module, args, cwd)
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:

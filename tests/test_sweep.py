@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import sweep_dummy
+from forked import python_m
 from iluvattnshun import sweep
 from iluvattnshun.sweep.plan import available_cores
 
@@ -498,8 +499,6 @@ def test_a_sweep_record_that_is_not_one_stops_summarize_and_wait_with_one_line(t
     rdir.mkdir(parents=True)
     (rdir / "sweep.json").write_text(content)
     for command in (["summarize", str(tmp_path), "--prefix", "s"], ["wait", str(tmp_path), "--prefix", "s"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "iluvattnshun.sweep", *command], capture_output=True, text=True, timeout=120
-        )
+        proc = python_m("iluvattnshun.sweep", command, tmp_path, timeout=120)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("error: ") and "is not a sweep record" in proc.stderr
