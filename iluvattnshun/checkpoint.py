@@ -57,6 +57,13 @@ class Progress:
     train_time_s: float = 0.0
     """Seconds spent in the training loop, summed over resumes."""
 
+    def eval_due(self, every: int | None) -> bool:
+        """Whether ``samples_seen`` crossed a multiple of ``every`` since the last evaluation: a resumed run (or
+        one with an extra final evaluation) keeps the schedule of an uninterrupted one. Never for 0 or None."""
+        if not every:
+            return False
+        return self.samples_seen // every > max(self.last_eval_samples, 0) // every
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Progress":
         """Counters from a saved dict; keys this version does not know are ignored."""

@@ -9,8 +9,10 @@ import contextlib
 import inspect
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -68,22 +70,34 @@ def check_checkpoint_dir_unused(directory: str | os.PathLike[str]) -> None:
         )
 
 
-def claim_checkpoint_dir(directory: str | os.PathLike[str], run_path: str | os.PathLike[str]) -> None:
+def claim_checkpoint_dir(
+    directory: str | os.PathLike[str], run_path: str | os.PathLike[str], remove_run_if_refused: bool = False
+) -> None:
     """Record that ``directory`` holds the checkpoints of the run in ``run_path`` (once: the first claim wins).
 
+    ``remove_run_if_refused``: a fresh run directory is removed again when the claim is refused (a run started at
+    the same moment claimed the directory first), so that a refused run leaves nothing behind.
+
     Raises:
-        ValueError: naming the owner when another run has claimed the directory.
+        ValueError, OSError: naming the owner when another run has claimed the directory, or the directory's error.
     """
-    d = Path(directory)
+    try:
+        _claim(Path(directory), os.path.abspath(run_path))
+    except (ValueError, OSError):
+        if remove_run_if_refused:
+            shutil.rmtree(run_path, ignore_errors=True)
+        raise
+
+
+def _claim(d: Path, mine: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    mine = os.path.abspath(run_path)
     try:
         fd = os.open(d / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         owner = checkpoint_dir_owner(d)
         if owner is not None and owner != mine:
             raise ValueError(
-                f"save_model_path: {str(directory)!r} holds the checkpoints of the run {owner}; a checkpoint directory "
+                f"save_model_path: {str(d)!r} holds the checkpoints of the run {owner}; a checkpoint directory "
                 "belongs to one run: choose another directory, or --resume that run"
             ) from None
         return
@@ -157,12 +171,15 @@ def list_runs(logdir: str | os.PathLike[str]) -> list[RunDir]:
     return sorted(runs, key=lambda r: (r.number, r.base))
 
 
-def allocate(logdir: str | os.PathLike[str], name: str) -> RunDir:
-    """Create and return a fresh ``<logdir>/run_<N>_<name>``, N one above the highest existing.
+def allocate(logdir: str | os.PathLike[str], name: str | None = None) -> RunDir:
+    """Create and return a fresh ``<logdir>/run_<N>_<name>``, N one above the highest existing (no name: the
+    date and time, ``run_<N>_<YYYYmmdd_HHMMSS>``).
 
     ``os.mkdir`` is atomic: of several processes racing for the same directory exactly one succeeds, and the
     others move on to N+1, so concurrent runs never share a directory.
     """
+    if name is None:
+        name = datetime.now().strftime("%Y%m%d_%H%M%S")
     root = Path(logdir)
     root.mkdir(parents=True, exist_ok=True)
     n = max((r.number for r in list_runs(root)), default=0) + 1
@@ -188,6 +205,17 @@ def matching_runs(logdir: str | os.PathLike[str], run_name: str) -> list[RunDir]
         return [RunDir(Path(logdir) / run_name)]
     runs = [r for r in list_runs(logdir) if not run_name or r.name == run_name]
     return runs[::-1]
+
+
+def run_files(run: RunDir, config_yaml: str, classes: list[type], resumed: bool) -> dict[str, str]:
+    """The files a run records about itself, by name: its config YAML, and the source of the task's script
+    (``task_source_file``; a resumed run keeps the one of its first start)."""
+    files = {run.config_path.name: config_yaml}
+    source_file = None if resumed and run.script_path.exists() else task_source_file(classes)
+    if source_file is not None:
+        with open(source_file, encoding="utf-8") as f:
+            files[run.script_path.name] = f.read()
+    return files
 
 
 def task_source_file(classes: list[type]) -> str | None:

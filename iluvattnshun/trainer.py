@@ -18,17 +18,16 @@ synchronises every backward pass). What the loop carries between steps is one ``
 import collections.abc
 import contextlib
 import dataclasses
+import functools
 import gc
 import itertools
 import math
 import os
 import re
-import shutil
 import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Literal, Mapping, TypeVar
 
@@ -381,37 +380,6 @@ class Trainer(ABC, Generic[C]):
         held.enter_context(run.lock())  # a second process resuming this run is refused
         return str(run.path), path
 
-    def _allocate_run_dir(self) -> str:
-        """Rank 0 creates a fresh run directory; every rank gets its path."""
-        path = ""
-        if self.is_main:
-            name = self.config.run_name or datetime.now().strftime("%Y%m%d_%H%M%S")
-            path = str(rundir.allocate(self.config.tensorboard_logdir, name).path)
-        result: str = tdist.broadcast_object(path)
-        return result
-
-    def _claim_checkpoint_dir(self, resumed: bool) -> None:
-        """Rank 0: record that ``save_model_path`` holds this run's checkpoints (refused when a run started at the
-        same moment claimed it first: a fresh run directory is then removed again)."""
-        assert self.run_dir is not None and self.config.save_model_path
-        try:
-            rundir.claim_checkpoint_dir(self.config.save_model_path, self.run_dir)
-        except (ValueError, OSError):
-            if not resumed:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            raise
-
-    def _write_run_files(self, resumed: bool) -> None:
-        assert self.run_dir is not None
-        run = rundir.RunDir(Path(self.run_dir))
-        self.logger.log_text(run.config_path.name, get_yaml_string(self._recorded_config))
-        if resumed and run.script_path.exists():
-            return
-        source_file = rundir.task_source_file(list(self.task_classes().values()))
-        if source_file is not None:
-            with open(source_file, encoding="utf-8") as f:
-                self.logger.log_text(run.script_path.name, f.read())
-
     # ------------------------------------------------------------------------------------------------------
     # Run
 
@@ -479,33 +447,43 @@ class Trainer(ABC, Generic[C]):
                 )
             except (ValueError, OSError) as e:
                 raise ConfigError(" ".join(str(e).split())) from e
-            self.run_dir = resume_path if resume_path is not None else self._allocate_run_dir()
-            self.ckpt_dir = cfg.save_model_path or self.run_dir
+            fresh = resume_path is None
+            run_dir: str = resume_path or tdist.broadcast_object(  # a fresh one: rank 0 creates it, all get its path
+                str(rundir.allocate(cfg.tensorboard_logdir, cfg.run_name or None).path) if self.is_main else ""
+            )
+            ckpt_dir = cfg.save_model_path or run_dir
+            self.run_dir, self.ckpt_dir = run_dir, ckpt_dir
             self._resumed_from = resume_ckpt
             if cfg.save_model_path:
+                claim = functools.partial(rundir.claim_checkpoint_dir, cfg.save_model_path, run_dir, fresh)
                 try:
-                    tdist.on_main_then_broadcast(lambda: self._claim_checkpoint_dir(resumed=resume_path is not None))
+                    tdist.on_main_then_broadcast(claim)
                 except ValueError as e:
                     raise ConfigError(" ".join(str(e).split())) from e
             if self.is_main:
-                if resume_path is None:
-                    held.enter_context(rundir.RunDir(Path(self.run_dir)).lock())
+                if fresh:
+                    held.enter_context(rundir.RunDir(Path(run_dir)).lock())
                 purge_step = None
                 if resume_ckpt is not None and (step := rundir.checkpoint_step(resume_ckpt)) is not None:
                     purge_step = step + 1  # hide what the interrupted run logged after its checkpoint
                 self.logger = Logger(
-                    self.run_dir,
+                    run_dir,
                     precision=cfg.log_fp,
                     log_every_n_seconds=cfg.log_every_n_seconds,
-                    run_name=os.path.basename(os.path.normpath(self.run_dir)),
+                    run_name=os.path.basename(os.path.normpath(run_dir)),
                     purge_step=purge_step,
                 )
             held.callback(self.logger.close)
             for title, text in self._notices:
                 self.logger.notice(title, text)
-            if resume_ckpt is not None and self.is_main:
-                cleanup_temp_files(self.ckpt_dir)  # left by a checkpoint write that was killed half-way
-            self._write_run_files(resumed=resume_ckpt is not None)
+            if self.is_main:
+                if resume_ckpt is not None:
+                    cleanup_temp_files(ckpt_dir)  # left by a checkpoint write that was killed half-way
+                # The run's YAML and the task's source, beside its logs.
+                run, classes = rundir.RunDir(Path(run_dir)), list(self.task_classes().values())
+                files = rundir.run_files(run, get_yaml_string(self._recorded_config), classes, resumed=not fresh)
+                for name, text in files.items():
+                    self.logger.log_text(name, text)
 
             fwd_model: nn.Module = self.model
             if self.speed.compile:
@@ -572,7 +550,7 @@ class Trainer(ABC, Generic[C]):
                     "such steps."
                 ) from None
             self._maybe_log_train(loop)
-            if self._eval_due():
+            if p.eval_due(cfg.eval_every_n_samples):
                 self._evaluate()
             interrupted, out_of_time, save = self._agree_on_events(loop)
             if save:
@@ -598,15 +576,6 @@ class Trainer(ABC, Generic[C]):
             f"step {p.step:,}, epoch {p.epoch}, {p.samples_seen:,} samples, "
             f"{format_duration(loop.train_time(p))} of training; checkpoint {path}",
         )
-
-    def _eval_due(self) -> bool:
-        """Evaluate on crossing a multiple of ``eval_every_n_samples``: a resumed run (or one with an extra
-        final evaluation) keeps the same schedule as an uninterrupted one."""
-        every = self.config.eval_every_n_samples
-        p = self.progress
-        if not every:
-            return False
-        return p.samples_seen // every > max(p.last_eval_samples, 0) // every
 
     def _agree_on_events(self, loop: LoopState) -> tuple[bool, bool, bool]:
         """Signal- and time-based decisions ``(interrupted, out_of_time, save)``.
