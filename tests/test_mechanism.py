@@ -1,6 +1,7 @@
 """examples.var_rename.mechanism: hop spans counted right on attention patterns set by hand, and its command."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,6 +80,34 @@ def test_span_bins_double_in_width() -> None:
     )
 
 
+def test_depth_by_position_counts_each_target_in_its_depth_and_statement_band() -> None:
+    config = VarRenameConfig(num_chains=2, num_renames=20, bind_first=False)
+    prompter = VarRenamePrompter(config)
+    cols = prompter.sample_batch(np.random.default_rng(0), 30)
+
+    class AlwaysOne(torch.nn.Module):
+        """Predicts the digit 1 everywhere: right exactly where the answer is 1."""
+
+        def forward(self, prompt: torch.Tensor) -> SimpleNamespace:
+            logits = torch.zeros(*prompt.shape, len(prompter.VOCAB))
+            logits[..., prompter.VOCAB.index("1")] = 1.0
+            return SimpleNamespace(logits=logits)
+
+    found = mechanism.depth_by_position(AlwaysOne(), cols, prompter.mask_token, band=8, batch=7)
+    total, right = np.zeros_like(found.total), np.zeros_like(found.right)
+    for answer, depth in zip(cols["answer"], cols["depth"]):
+        for t, (a, d) in enumerate(zip(answer, depth)):
+            if a != prompter.mask_token:
+                total[d, t // 4 // 8] += 1
+                right[d, t // 4 // 8] += int(a == prompter.VOCAB.index("1"))
+    assert found.total.shape == (int(cols["depth"].max()) + 1, 3)  # statements 0-7, 8-15, 16-19
+    assert (found.total == total).all() and (found.right == right).all() and 0 < right.sum() < total.sum()
+    rows = mechanism.position_table(found, min_count=1)
+    assert rows[0] == "| depth | statements 0-7 | statements 8-15 | statements 16-23 |"
+    d0 = right[0, 0] / total[0, 0]
+    assert rows[2].startswith(f"| 0 | {d0:.2f} ({total[0, 0]}) |")
+
+
 def test_command_prints_the_table_of_a_run_and_refuses_a_bad_run_dir(tmp_path: Path) -> None:
     train = run_module("examples.var_rename", [*tiny_args(tmp_path, "m"), "--bind_first=false"], cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-2000:]
@@ -87,7 +116,9 @@ def test_command_prints_the_table_of_a_run_and_refuses_a_bad_run_dir(tmp_path: P
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert "2 layers x 2 heads, step 12" in lines[0] and "20 original prompts of 8 renames" in lines[0]
-    assert lines[1].startswith("| layer | head | this statement | span 1 |") and len(lines) == 3 + 2 * 2
+    assert lines[1].startswith("| layer | head | this statement | span 1 |") and lines[7] == ""
+    assert "trained on prompts of up to 8 renames (statements 0-7)" in lines[8]
+    assert lines[9] == "| depth | statements 0-15 |" and lines[11].startswith("| 0 | ")
     bad = run_module("examples.var_rename.mechanism", [str(tmp_path / "nope")], cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: run_dir:") and len(bad.stderr.splitlines()) == 1
 

@@ -14,6 +14,11 @@ each head's attention and sums it by what the attended position belongs to:
 Divide and conquer shows as spans that grow with the layer: 1 in the first layer that reads the chain, then 2,
 4, ... where a layer joins two answers of the layer below. The table gives, per layer and head, the share of
 attention in each span bin and the mean span of the same-chain attention; ``hop_spans`` returns the numbers.
+
+A second table separates depth from position: accuracy per depth (rows) and per band of statement positions
+(columns). A depth sits at later positions the more chains share the prompt (about statement 2d with 2 chains), so
+a reach read off test prompts longer than the training ones may be limited by the positions the model never saw,
+not by the hops it can follow; the table shows which (``depth_by_position`` returns the numbers).
 """
 
 import argparse
@@ -111,6 +116,64 @@ def hop_spans(model: MultilayerTransformer, cols: dict[str, np.ndarray], mask: i
     return HopSpans(shares=shares, mean_span=mean_span, queries=queries)
 
 
+@dataclass(frozen=True)
+class DepthByPosition:
+    """Scored characters per depth and band of statement positions, and how many of them the model got right."""
+
+    right: np.ndarray
+    """(depths, bands): targets answered right."""
+    total: np.ndarray
+    """(depths, bands): targets scored."""
+    band: int
+    """Statements per band: band j holds statements j * band .. (j + 1) * band - 1."""
+
+
+@torch.no_grad()
+def depth_by_position(
+    model: torch.nn.Module, cols: dict[str, np.ndarray], mask: int, band: int = 16, batch: int = 100
+) -> DepthByPosition:
+    """Accuracy of every target character by its depth and its statement's position band (greedy predictions)."""
+    was_training = model.training
+    model.eval()
+    num_stmts = cols["prompt"].shape[1] // 4
+    shape = (int(cols["depth"].max()) + 1, -(-num_stmts // band))
+    right, total = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    band_of = np.arange(4 * num_stmts) // 4 // band  # (T,)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        for start in range(0, len(cols["prompt"]), batch):
+            prompt = torch.as_tensor(cols["prompt"][start : start + batch].astype(np.int64))
+            preds = model(prompt.to(device)).logits.argmax(-1).cpu().numpy()  # (b, T)
+            answer, depth = cols["answer"][start : start + batch], cols["depth"][start : start + batch]
+            b_idx, t_idx = np.nonzero(answer != mask)
+            cell = (depth[b_idx, t_idx], band_of[t_idx])
+            np.add.at(total, cell, 1)
+            np.add.at(right, cell, preds[b_idx, t_idx] == answer[b_idx, t_idx])
+    finally:
+        model.train(was_training)
+    return DepthByPosition(right=right, total=total, band=band)
+
+
+def position_table(found: DepthByPosition, min_count: int = 30) -> list[str]:
+    """A markdown table of accuracy per depth and position band (``-``: fewer than ``min_count`` targets)."""
+    bands = found.total.shape[1]
+    heads = [f"statements {j * found.band}-{(j + 1) * found.band - 1}" for j in range(bands)]
+    rows = ["| depth | " + " | ".join(heads) + " |", "|---:|" + "---:|" * bands]
+    for d in range(found.total.shape[0]):
+        if found.total[d].max() < min_count:
+            continue
+        cells = [
+            (
+                f"{found.right[d, j] / found.total[d, j]:.2f} ({found.total[d, j]})"
+                if found.total[d, j] >= min_count
+                else "-"
+            )
+            for j in range(bands)
+        ]
+        rows.append(f"| {d} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def table(spans: HopSpans) -> list[str]:
     """A markdown table: one row per layer and head, the share of attention per bin and the mean span."""
     rows = [
@@ -161,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{test.num_renames} renames"
     )
     print("\n".join(table(spans)))
+    trained = task.renames_at(max(loaded.checkpoint.progress.step - 1, 0))  # the last step's prompt length
+    print(
+        f"\naccuracy per depth (rows) and statement position (columns); the run trained on prompts of up to "
+        f"{trained} renames (statements 0-{trained - 1})"
+    )
+    print("\n".join(position_table(depth_by_position(loaded.model, cols, prompter.mask_token))))
     return 0
 
 
