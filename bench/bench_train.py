@@ -53,6 +53,7 @@ from examples.var_rename.task import MASK, VarRenamePrompter
 from examples.var_rename.task import paper as var_rename_paper
 from examples.var_rename.task import quick as var_rename_quick
 from bench.results import replace_section
+from iluvattnshun.batches import WaitTimer
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
 from iluvattnshun.checkpoint import seed_everything
 from iluvattnshun.task import PromptTaskTrainer
@@ -77,21 +78,23 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 class TimedLoader:
-    """Wraps a training loader: timestamps each request for a batch and records how long the request took.
+    """Wraps a training loader: timestamps each request for a batch; the wait is the Trainer's own measurement.
 
     ``stamps[i]`` is when the loop asked for batch ``i`` (counted over epochs): the loop's step ``i - 1`` and
-    its logging, evaluation and checkpoint checks are done by then. ``waits[i]`` is the time until batch ``i``
-    arrived, including the end of an epoch and the start of the next. ``sync`` runs before the stamps listed in
+    its logging, evaluation and checkpoint checks are done by then. ``waited[i]`` is the data wait before that
+    request, summed over epochs by ``batches.WaitTimer`` (the timer behind the Trainer's ``train/data_wait``; the
+    end of an epoch and the start of the next count as waiting). ``sync`` runs before the stamps listed in
     ``sync_at`` so that on a GPU the window measures finished work, not queued work.
     """
 
     def __init__(self, loader: Iterable[Any], sync: Callable[[], None], sync_at: Iterable[int]) -> None:
         self.loader = loader
+        self.timer = WaitTimer(loader)
         self.sync = sync
         self.sync_at = set(sync_at)
         self.stamps: list[float] = []
-        self.waits: list[float] = []
-        self._pending: float | None = None  # a request that hit the end of an epoch, continued in the next
+        self.waited: list[float] = []
+        self._synced: set[int] = set()
 
     def set_epoch(self, epoch: int) -> None:
         set_epoch = getattr(self.loader, "set_epoch", None)
@@ -99,26 +102,23 @@ class TimedLoader:
             set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        it = iter(self.loader)
+        it = iter(self.timer)
         while True:
-            start = self._pending
-            if start is None:
-                if len(self.stamps) in self.sync_at:
-                    self.sync()
-                start = time.perf_counter()
+            if len(self.stamps) in self.sync_at - self._synced:  # once, also when the request ends an epoch
+                self._synced.add(len(self.stamps))
+                self.sync()
+            stamp, waited = time.perf_counter(), self.timer.wait_s
             try:
                 batch = next(it)
             except StopIteration:
-                self._pending = start
                 return
-            self._pending = None
-            self.stamps.append(start)
-            self.waits.append(time.perf_counter() - start)
+            self.stamps.append(stamp)
+            self.waited.append(waited)
             yield batch
 
     def window(self, first: int, last: int) -> "Window":
         """Steps ``first`` .. ``last - 1``: from the request for batch ``first`` to the request for batch ``last``."""
-        return Window.from_stamps(self.stamps[first : last + 1], sum(self.waits[first:last]))
+        return Window.from_stamps(self.stamps[first : last + 1], self.waited[last] - self.waited[first])
 
 
 class SizedTimedLoader(TimedLoader):

@@ -56,14 +56,15 @@ def test_timed_loader_stamps_each_batch_once_across_epochs() -> None:
         seen += list(timed)
     assert seen == [0, 1, 2, 0, 1, 2]
     assert inner.epochs == [0, 1]
-    # The request that ran into the end of epoch 0 continues into epoch 1: one stamp per batch, no more.
-    assert len(timed.stamps) == len(timed.waits) == 6
+    # One stamp per batch, no more, across the end of epoch 0; the data wait is the WaitTimer's running sum.
+    assert len(timed.stamps) == len(timed.waited) == 6 and timed.waited == sorted(timed.waited)
     assert timed.stamps == sorted(timed.stamps)
     assert synced == [0, 4]
     window = timed.window(1, 4)
     assert window.step_s > 0 and window.median_step_s > 0
     # per step: the mean of the window's own three waits
-    assert window.wait_s == pytest.approx(sum(timed.waits[1:4]) / 3) and all(w > 0 for w in timed.waits)
+    assert window.wait_s == pytest.approx((timed.waited[4] - timed.waited[1]) / 3) and timed.timer.wait_s > 0
+    assert timed.timer.batches == 6
 
 
 def test_timed_loader_has_no_length_where_the_loader_has_none() -> None:
