@@ -155,8 +155,9 @@ class TrainerConfig(Config):
             raise ValueError(f"grad_norm_max must be >= 0 (0 disables clipping), got {self.grad_norm_max}")
         if self.eval_every_n_samples is not None and self.eval_every_n_samples < 0:
             raise ValueError(f"eval_every_n_samples must be >= 0, got {self.eval_every_n_samples}")
-        if self.log_every_n_seconds < 0 or self.save_every_n_seconds < 0:
-            raise ValueError("log_every_n_seconds and save_every_n_seconds must be >= 0")
+        for name in ("log_every_n_seconds", "save_every_n_seconds"):
+            if not getattr(self, name) >= 0:  # NaN too: every comparison with it is false, so it never fires
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_last_n is not None and self.keep_last_n < 1:
             raise ValueError(f"keep_last_n must be >= 1 (none keeps every checkpoint), got {self.keep_last_n}")
         if not 0 <= self.log_fp <= 20:
