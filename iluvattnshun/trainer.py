@@ -58,7 +58,7 @@ from iluvattnshun.checkpoint import (
     write_checkpoint,
 )
 from iluvattnshun.cli import ConfigError, StopSignals, check_parsed_from_command_line, run_from_command_line
-from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string
+from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, short_repr
 from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
 from iluvattnshun.loop_state import LogWindow, LoopState
@@ -166,6 +166,9 @@ class TrainerConfig(Config):
         if len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:
             # run_<N>_<name>.yaml and the TensorBoard event files must fit a file name (255 bytes on most systems).
             raise ValueError(f"run_name must be at most {MAX_RUN_NAME_BYTES} bytes, got {len(name.encode('utf-8'))}")
+        if any(not ch.isprintable() for ch in self.run_name):
+            # A newline or escape code would name a directory that run lookup, the console and tmux cannot show.
+            raise ValueError(f"run_name must hold printable characters only, got {short_repr(self.run_name)}")
         if not self.resume and any(sep in self.run_name for sep in ("/", os.sep)):
             raise ValueError(f"run_name must not contain a path separator, got {self.run_name!r}")
         if self.resume and self.load_model_path:

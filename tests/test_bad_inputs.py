@@ -154,6 +154,8 @@ def test_every_bad_input_stops_before_work_with_one_line(tmp_path: Path) -> None
 ROUND_2 = [
     Case("NaN log interval", lambda d: [*tiny(d), "--log_every_n_seconds=nan"], "log_every_n_seconds"),
     Case("NaN save interval", lambda d: [*tiny(d), "--save_every_n_seconds=nan"], "save_every_n_seconds"),
+    Case("newline in the run name", lambda d: [*tiny(d), "--run_name=a\nb"], "run_name"),
+    Case("escape code in the run name", lambda d: [*tiny(d), "--run_name=\x1b[2Jx"], "run_name"),
 ]  # fmt: skip
 
 
