@@ -383,6 +383,9 @@ class Trainer(ABC, Generic[C]):
         if skipped:
             self._notices.append(("resume: falling back", "\n".join(skipped)))
         held.enter_context(run.lock())  # a second process resuming this run is refused
+        check_writable(run.path, "resume")
+        if run.config_path.exists() and not run.config_path.is_file():  # the resumed run rewrites its config there
+            raise ValueError(f"resume: {str(run.config_path)!r} is not a file")
         return str(run.path), path
 
     def _allocate_run_dir(self) -> str:

@@ -202,6 +202,17 @@ def test_resume_errors(tmp_path: Path) -> None:
         train(make_config(tmp_path, resume=True, run_name=empty.base))
 
 
+def test_resume_refuses_a_run_whose_config_file_cannot_be_written(tmp_path: Path) -> None:
+    first = train(make_config(tmp_path, max_steps=2, run_name="y"))
+    run = rundir.RunDir(Path(first.run_dir or ""))
+    run.config_path.unlink()
+    run.config_path.mkdir()  # the resumed run rewrites its YAML here
+    before = sorted(p.name for p in run.path.iterdir())
+    with pytest.raises(ValueError, match=r"resume: .*run_1_y\.yaml. is not a file"):
+        train(make_config(tmp_path, max_steps=4, resume=True, run_name="y"))
+    assert sorted(p.name for p in run.path.iterdir()) == before  # refused before any work: no new events file
+
+
 def test_resume_picks_the_newest_loadable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="a"))
     rundir.allocate(tmp_path / "logs", "failed_start")  # newer, but holds no checkpoint
