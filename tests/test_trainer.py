@@ -227,6 +227,23 @@ def test_resume_picks_the_newest_loadable_checkpoint(tmp_path: Path, capsys: pyt
     assert "resumed from" in out and "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
 
 
+@pytest.mark.parametrize(
+    "patch", [{"rng": 5}, {"progress": [1, 2]}, {"world_size": "2"}, {"val_metrics": [1]}, {"model": [1]}, {"run": 7}]
+)
+def test_resume_falls_back_past_a_malformed_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], patch: dict[str, Any]
+) -> None:
+    """A checkpoint that unpickles safely but holds an entry of the wrong type is unreadable: skipped, not a crash."""
+    first = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="m"))
+    newest = Path(first.run_dir or "") / "ckpt_00000004.pt"
+    torch.save({**torch.load(newest, weights_only=True), **patch}, newest)
+    capsys.readouterr()
+    resumed = train(make_config(tmp_path, max_steps=6, resume=True, run_name="m"))
+    out = capsys.readouterr().out
+    assert "ckpt_00000004.pt is unreadable" in out and f"({next(iter(patch))} is a" in out
+    assert "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
+
+
 def test_resume_falls_back_past_a_checkpoint_of_another_model_shape(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
