@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from devices import devices, needs_cuda
 from toy_task import ToyConfig, ToyTrainer
 
-from iluvattnshun.checkpoint import read_checkpoint
+from iluvattnshun.checkpoint import read_checkpoint, write_checkpoint
 from iluvattnshun.rundir import list_checkpoints
 from iluvattnshun.config import config_from_yaml_string, load_config_from_yaml
 from iluvattnshun import load_run, rundir
@@ -131,6 +131,24 @@ def test_load_run_leaves_the_callers_random_streams_alone(tmp_path: Path) -> Non
     loaded = load_run(trainer.run_dir or "")
     assert torch.equal(torch.rand(3), expected)
     assert_same_state(loaded.model.state_dict(), trainer.model.state_dict())  # the saved weights, not fresh draws
+
+
+def test_load_run_checks_recorded_model_arguments_before_building(tmp_path: Path) -> None:
+    """Recorded model arguments are data: unknown or ill-typed ones, or sizes the weights do not have (a model of
+    terabytes), are refused in one line naming the checkpoint, before any memory is allocated for the model."""
+    trainer = train(make_config(tmp_path, max_steps=2))
+    (ckpt,) = list_checkpoints(trainer.run_dir or "")
+    state = read_checkpoint(ckpt)
+    assert state.model_kwargs is not None
+    cases = {
+        "build no model .*unexpected keyword argument 'evil'": {"evil": 1},
+        "build no model": {"num_layers": "2"},
+        "do not describe its weights: shape mismatch": {"dim_model": 2**20, "num_layers": 2**10},
+    }
+    for expected, patch in cases.items():
+        write_checkpoint(ckpt, dataclasses.replace(state, model_kwargs={**state.model_kwargs, **patch}))
+        with pytest.raises(ValueError, match=expected):
+            load_run(trainer.run_dir or "")
 
 
 class SlowLoaderTrainer(ToyTrainer):
