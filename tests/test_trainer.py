@@ -362,6 +362,25 @@ def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     assert signal.getsignal(signum) == before  # handlers restored
 
 
+class DoubleCtrlC(ToyTrainer):
+    """Presses Ctrl-C twice in quick succession during one training step."""
+
+    def get_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if model.training and self.progress.step + 1 == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().get_loss(model, batch)
+
+
+def test_a_quick_second_ctrl_c_still_saves(tmp_path: Path) -> None:
+    # Two presses in a row are one request to stop (the second used to abort and lose the steps since the last
+    # checkpoint); only a press a few seconds later aborts a step that hangs.
+    trainer = DoubleCtrlC(make_config(tmp_path, max_steps=50))
+    trainer.run()
+    assert trainer.stopped_by_signal == signal.SIGINT and trainer.progress.step == 4
+    assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
+
+
 class SignalInEval(ToyTrainer):
     """Sends itself SIGTERM during the first batch of the evaluation at step ``eval_step``."""
 
