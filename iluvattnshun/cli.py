@@ -19,8 +19,9 @@ from iluvattnshun.config import parse_config, unparsed_options
 DEBUG_ENV = "ILUVATTNSHUN_DEBUG"
 """Set (to anything but 0) to see tracebacks of errors on the command line, as ``--debug`` does."""
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-"""Signals that make the training loop save and stop."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+"""Signals that make the training loop save and stop (SIGHUP: the terminal or tmux session closed; left ignored
+under ``nohup``)."""
 
 ABORT_AFTER_S = 3.0
 """A second Ctrl-C aborts without saving only this many seconds after the first: a quick double press (the usual
@@ -141,7 +142,7 @@ class StopSignals:
     SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts, when it comes at least
     ``ABORT_AFTER_S`` after the first (sooner, it is the same request). SIGUSR1 / SIGUSR2 (a
     cluster scheduler's warning before a time limit or preemption, e.g. ``sbatch --signal=B:USR1@90``) do as SIGTERM
-    does, so that a requeued run continues with ``--resume``.
+    does, so that a requeued run continues with ``--resume``; so does SIGHUP (a closed terminal or tmux session).
     """
 
     def __init__(self) -> None:
@@ -164,7 +165,9 @@ class StopSignals:
             self.received = signum
             self._received_at = time.monotonic()
 
-        previous: dict[signal.Signals, Any] = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+        previous: dict[signal.Signals, Any] = {
+            sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN
+        }
         try:
             yield
         finally:

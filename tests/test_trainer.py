@@ -351,7 +351,7 @@ class SignalAt(ToyTrainer):
         return super().get_loss(model, batch)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     before = signal.getsignal(signum)
     trainer = SignalAt(make_config(tmp_path, max_steps=50))
@@ -360,6 +360,18 @@ def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     assert trainer.progress.step == 4 and trainer.stopped_by_signal == signum
     assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
     assert signal.getsignal(signum) == before  # handlers restored
+
+
+def test_a_run_under_nohup_ignores_a_hangup(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        trainer = SignalAt(make_config(tmp_path, max_steps=6))
+        trainer.signum = signal.SIGHUP
+        trainer.run()
+        assert trainer.stopped_by_signal is None and trainer.progress.step == 6
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class DoubleCtrlC(ToyTrainer):
