@@ -67,8 +67,13 @@ class Progress:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Progress":
         """Counters from a saved dict; keys this version does not know are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in values.items() if k in known}
+        for k, v in kept.items():
+            kinds = (int, float) if known[k] in (float, "float") else (int,)
+            if not isinstance(v, kinds) or isinstance(v, bool) or not -1 <= v < float("inf"):
+                raise ValueError(f"progress {k} is {str(v)[:40]!r}, not a count")
+        return cls(**kept)
 
 
 @dataclass
@@ -129,17 +134,44 @@ class Checkpoint:
         missing = [k for k in ("model", "optimizer", "progress", "rng", "config") if k not in state]
         if missing:
             raise ValueError(f"{source} is not a trainer checkpoint (missing {', '.join(missing)})")
-        classes = state.get("classes")
+        # Every entry has the type the trainer wrote, checked here: a malformed file is refused in one line (and
+        # --resume falls back past it) instead of failing deep inside a restore.
+        kinds: dict[str, tuple[type, ...]] = {
+            "model": (Mapping,),
+            "optimizer": (Mapping,),
+            "scheduler": (Mapping, type(None)),
+            "progress": (Mapping,),
+            "rng": (list, tuple),
+            "config": (str,),
+            "classes": (Mapping, type(None)),
+            "model_kwargs": (dict, type(None)),
+            "world_size": (int,),
+            "run": (str, type(None)),
+            "val_metrics": (Mapping, type(None)),
+        }
+        for key, allowed in kinds.items():
+            if key in state and not isinstance(state[key], allowed):
+                raise ValueError(f"{source} is not a trainer checkpoint ({key} is a {type(state[key]).__name__})")
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+            raise ValueError(f"{source} is not a trainer checkpoint (model is not a state dict of tensors)")
+        world_size = state.get("world_size", 1)
+        if isinstance(world_size, bool) or world_size < 1:
+            raise ValueError(f"{source} is not a trainer checkpoint (world_size {world_size!r})")
+        try:
+            progress = Progress.from_dict(state["progress"])
+        except ValueError as e:
+            raise ValueError(f"{source} is not a trainer checkpoint ({e})") from None
+        classes = state.get("classes") or {}
         return cls(
             model=state["model"],
             optimizer=state["optimizer"],
             scheduler=state.get("scheduler"),
-            progress=Progress.from_dict(state["progress"]),
+            progress=progress,
             rng=list(state["rng"]),
             config=state["config"],
-            classes=dict(classes) if isinstance(classes, Mapping) else {},
-            model_kwargs=state.get("model_kwargs") if isinstance(state.get("model_kwargs"), dict) else None,
-            world_size=int(state.get("world_size", 1)),
+            classes=dict(classes),
+            model_kwargs=state.get("model_kwargs"),
+            world_size=world_size,
             run=state.get("run"),
             val_metrics=dict(state.get("val_metrics") or {}),
         )

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import types
 from typing import Any, Callable, Iterator, Mapping, Protocol, TypeVar
 
@@ -18,8 +19,13 @@ from iluvattnshun.config import parse_config, unparsed_options
 DEBUG_ENV = "ILUVATTNSHUN_DEBUG"
 """Set (to anything but 0) to see tracebacks of errors on the command line, as ``--debug`` does."""
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-"""Signals that make the training loop save and stop."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+"""Signals that make the training loop save and stop (SIGHUP: the terminal or tmux session closed; left ignored
+under ``nohup``)."""
+
+ABORT_AFTER_S = 3.0
+"""A second Ctrl-C aborts without saving only this many seconds after the first: a quick double press (the usual
+reflex) still saves, and a step that hangs can still be left."""
 
 
 class ConfigError(ValueError):
@@ -133,13 +139,15 @@ def _terminate_as_exception() -> Iterator[None]:
 class StopSignals:
     """Records the first stop signal that arrives while ``installed()``; the loop reads ``received`` at each step.
 
-    SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts. SIGUSR1 / SIGUSR2 (a
+    SIGINT / SIGTERM ask the loop to save and stop at the next step; a second Ctrl-C aborts, when it comes at least
+    ``ABORT_AFTER_S`` after the first (sooner, it is the same request). SIGUSR1 / SIGUSR2 (a
     cluster scheduler's warning before a time limit or preemption, e.g. ``sbatch --signal=B:USR1@90``) do as SIGTERM
-    does, so that a requeued run continues with ``--resume``.
+    does, so that a requeued run continues with ``--resume``; so does SIGHUP (a closed terminal or tmux session).
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._received_at = 0.0
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -151,10 +159,15 @@ class StopSignals:
 
         def handler(signum: int, frame: types.FrameType | None) -> None:
             if self.received is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+                if time.monotonic() - self._received_at >= ABORT_AFTER_S:
+                    raise KeyboardInterrupt
+                return
             self.received = signum
+            self._received_at = time.monotonic()
 
-        previous: dict[signal.Signals, Any] = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+        previous: dict[signal.Signals, Any] = {
+            sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN
+        }
         try:
             yield
         finally:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from iluvattnshun import rundir
-from iluvattnshun.checkpoint import Checkpoint, load_model_state_dict, read_checkpoint
+from iluvattnshun.checkpoint import Checkpoint, load_model_state_dict, model_mismatch, read_checkpoint
 from iluvattnshun.config import Config, config_from_yaml_string
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.prompter import Prompter
@@ -210,6 +210,23 @@ def _find_checkpoint(run: rundir.RunDir, checkpoint: str | int) -> Path:
     return candidate
 
 
+def _build_recorded_model(ckpt: Checkpoint, source: str) -> MultilayerTransformer:
+    """The model the checkpoint's ``model_kwargs`` describe, first built without memory (on the meta device) and
+    checked against the saved weights: recorded arguments are data, and must neither fail deep inside the model's
+    constructor nor allocate a model far larger than the weights that fill it."""
+    kwargs = ckpt.model_kwargs or {}
+    try:
+        with torch.device("meta"):
+            skeleton = MultilayerTransformer(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        message = " ".join(str(e).split())[:200]
+        raise ValueError(f"{source} records model arguments that build no model ({message})") from None
+    problem = model_mismatch(skeleton, ckpt.model, source)
+    if problem is not None:
+        raise ValueError(f"{source}: the recorded model arguments do not describe its weights: {problem}")
+    return MultilayerTransformer(**kwargs)
+
+
 def load_run(
     run_dir: str | os.PathLike[str],
     checkpoint: str | int = "latest",
@@ -252,7 +269,7 @@ def load_run(
     # streams are left as they were (the checkpoint's weights replace the draws anyway).
     with torch.random.fork_rng(devices=[]):
         if ckpt.model_kwargs is not None:
-            model: nn.Module = MultilayerTransformer(**ckpt.model_kwargs)
+            model: nn.Module = _build_recorded_model(ckpt, str(path))
         else:  # a custom model: only its trainer knows how to build it
             from iluvattnshun.trainer import Trainer  # the trainer pulls in the whole loop: only for custom models
 

@@ -57,7 +57,7 @@ from iluvattnshun.checkpoint import (
     write_checkpoint,
 )
 from iluvattnshun.cli import ConfigError, StopSignals, check_parsed_from_command_line, run_from_command_line
-from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string
+from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, short_repr
 from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
 from iluvattnshun.loop_state import LogWindow, LoopState
@@ -154,8 +154,9 @@ class TrainerConfig(Config):
             raise ValueError(f"grad_norm_max must be >= 0 (0 disables clipping), got {self.grad_norm_max}")
         if self.eval_every_n_samples is not None and self.eval_every_n_samples < 0:
             raise ValueError(f"eval_every_n_samples must be >= 0, got {self.eval_every_n_samples}")
-        if self.log_every_n_seconds < 0 or self.save_every_n_seconds < 0:
-            raise ValueError("log_every_n_seconds and save_every_n_seconds must be >= 0")
+        for name in ("log_every_n_seconds", "save_every_n_seconds"):
+            if not getattr(self, name) >= 0:  # NaN too: every comparison with it is false, so it never fires
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_last_n is not None and self.keep_last_n < 1:
             raise ValueError(f"keep_last_n must be >= 1 (none keeps every checkpoint), got {self.keep_last_n}")
         if not 0 <= self.log_fp <= 20:
@@ -164,6 +165,9 @@ class TrainerConfig(Config):
         if len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:
             # run_<N>_<name>.yaml and the TensorBoard event files must fit a file name (255 bytes on most systems).
             raise ValueError(f"run_name must be at most {MAX_RUN_NAME_BYTES} bytes, got {len(name.encode('utf-8'))}")
+        if any(not ch.isprintable() for ch in self.run_name):
+            # A newline or escape code would name a directory that run lookup, the console and tmux cannot show.
+            raise ValueError(f"run_name must hold printable characters only, got {short_repr(self.run_name)}")
         if not self.resume and any(sep in self.run_name for sep in ("/", os.sep)):
             raise ValueError(f"run_name must not contain a path separator, got {self.run_name!r}")
         if self.resume and self.load_model_path:
@@ -378,6 +382,9 @@ class Trainer(ABC, Generic[C]):
         if skipped:
             self._notices.append(("resume: falling back", "\n".join(skipped)))
         held.enter_context(run.lock())  # a second process resuming this run is refused
+        check_writable(run.path, "resume")
+        if run.config_path.exists() and not run.config_path.is_file():  # the resumed run rewrites its config there
+            raise ValueError(f"resume: {str(run.config_path)!r} is not a file")
         return str(run.path), path
 
     # ------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from iluvattnshun.nn import MultilayerTransformer
-from forked import Zygote, command_env, zygotes
+from forked import Zygote, command_env, python_m, zygotes
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE_ENV = "ILUVATTNSHUN_SHAKESPEARE"
@@ -140,6 +140,19 @@ def plain_run(case: Case, root: Path) -> tuple[Case, Path, subprocess.CompletedP
     return case, d, subprocess.run(command, cwd=d, env=command_env(), capture_output=True, text=True, timeout=300)
 
 
+def problem(case: Case, d: Path, proc: subprocess.CompletedProcess[str]) -> str | None:
+    """What is wrong with how the process met the case's bad input, or None when it kept the promise."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("note:")]
+    left = sorted(str(p.relative_to(d)) for p in d.glob("logs/run_*")) + (["data"] if (d / "data").exists() else [])
+    if case.name == "resume without a checkpoint":
+        left.remove("logs/run_1_x")  # the empty run directory the case started from
+    if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or case.names not in lines[0]:
+        return f"{case.name}: exit {proc.returncode}, stderr {proc.stderr[-600:]!r}"
+    if left:
+        return f"{case.name}: left {left} behind"
+    return None
+
+
 def test_every_bad_input_stops_before_work_with_one_line(tmp_path: Path) -> None:
     if not Path(os.environ.get(SHAKESPEARE_ENV, "")).is_file():
         pytest.skip(f"set {SHAKESPEARE_ENV} to a Tiny Shakespeare input.txt (.ci/run does)")
@@ -147,14 +160,20 @@ def test_every_bad_input_stops_before_work_with_one_line(tmp_path: Path) -> None
     with zygotes(2) as pool, concurrent.futures.ThreadPoolExecutor(max_workers=2) as threads:
         results = list(threads.map(lambda c: run_case(c, tmp_path / "forked", pool), CASES))
     results.append(plain_run(CASES[0], tmp_path))
-    problems = []
-    for case, d, proc in results:
-        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("note:")]
-        left = sorted(str(p.relative_to(d)) for p in d.glob("logs/run_*")) + (["data"] if (d / "data").exists() else [])
-        if case.name == "resume without a checkpoint":
-            left.remove("logs/run_1_x")  # the empty run directory the case started from
-        if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or case.names not in lines[0]:
-            problems.append(f"{case.name}: exit {proc.returncode}, stderr {proc.stderr[-600:]!r}")
-        elif left:
-            problems.append(f"{case.name}: left {left} behind")
+    problems = [p for p in (problem(*result) for result in results) if p is not None]
     assert not problems, "\n".join(problems)
+
+
+ROUND_2 = [
+    Case("NaN log interval", lambda d: [*tiny(d), "--log_every_n_seconds=nan"], "log_every_n_seconds"),
+    Case("NaN save interval", lambda d: [*tiny(d), "--save_every_n_seconds=nan"], "save_every_n_seconds"),
+    Case("newline in the run name", lambda d: [*tiny(d), "--run_name=a\nb"], "run_name"),
+    Case("escape code in the run name", lambda d: [*tiny(d), "--run_name=\x1b[2Jx"], "run_name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ROUND_2, ids=lambda c: c.name.replace(" ", "_"))
+def test_bad_input_round_2(case: Case, tmp_path: Path) -> None:
+    """Values found by the second hostile pass: each stops before any work with one line."""
+    d = case_dir(case, tmp_path)
+    assert problem(case, d, python_m(f"examples.{case.task}", case.args(d), d)) is None

@@ -105,3 +105,15 @@ def test_score_refuses_answers_it_cannot_score_rightly(tmp_path: Path) -> None:
     (tmp_path / "outdir").mkdir()
     proc = llm("export", "--out=outdir", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --out: 'outdir' is a directory"), proc.stderr
+
+
+def test_export_refuses_sizes_it_cannot_finish_and_names_the_field(tmp_path: Path) -> None:
+    cases = {
+        "--max_depth=100000": "--max_depth must be at most 1,000",
+        "--per_depth=1000000000": "--per_depth x (--max_depth + 1) is 31,000,000,000 questions",
+        "--seed=-1": "--seed must be in 0..2**63-1, got -1",
+    }
+    for flag, expected in cases.items():
+        proc = llm("export", "--out=q.jsonl", flag, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {expected}"), (flag, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "q.jsonl").exists()

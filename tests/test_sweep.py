@@ -219,6 +219,26 @@ def test_a_field_swept_under_two_names_is_refused(tmp_path: Path, capsys: pytest
     assert "--lr and --learning_rate both set --lr" in err, err
 
 
+def test_two_spellings_of_one_run_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Distinct as typed, identical as the task resolves them: the sweep would train the same run twice.
+    base = ["--cmd", dummy_cmd(tmp_path), "--gpus=none", "--dry-run"]
+    err = error_of([*base, "--grid", "lr=0.001,1e-3"], capsys)
+    assert "runs 0 (--lr=0.001) and 1 (--lr=1e-3) resolve to the same config: identical runs" in err, err
+    (tmp_path / "runs.txt").write_text("--num_layers=2\n--num_layers=1\n--num_layers=2\n")
+    err = error_of([*base, "--overrides-file", str(tmp_path / "runs.txt")], capsys)
+    assert "runs 0 (--num_layers=2) and 2 (--num_layers=2)" in err, err
+    assert sweep.main([*base, "--grid", "lr=0.001,1e-2"]) == 0
+
+
+def test_an_overrides_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "runs.bin"
+    path.write_bytes(b"--lr=0.1\xff\n")
+    with pytest.raises(sweep.SweepError, match=r"runs.bin' is not UTF-8 text: byte 8 is 0xff"):
+        sweep.read_overrides_file(path)
+    with pytest.raises(sweep.SweepError, match="is larger than 1,048,576 bytes"):
+        sweep.read_overrides_file("/dev/zero")
+
+
 def test_missing_tmux_says_how_to_install_it(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(

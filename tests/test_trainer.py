@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from devices import devices, needs_cuda
 from toy_task import ToyConfig, ToyTrainer
 
-from iluvattnshun.checkpoint import read_checkpoint
+from iluvattnshun.checkpoint import read_checkpoint, write_checkpoint
 from iluvattnshun.rundir import list_checkpoints
 from iluvattnshun.config import config_from_yaml_string, load_config_from_yaml
 from iluvattnshun import load_run, rundir
@@ -133,6 +133,24 @@ def test_load_run_leaves_the_callers_random_streams_alone(tmp_path: Path) -> Non
     assert_same_state(loaded.model.state_dict(), trainer.model.state_dict())  # the saved weights, not fresh draws
 
 
+def test_load_run_checks_recorded_model_arguments_before_building(tmp_path: Path) -> None:
+    """Recorded model arguments are data: unknown or ill-typed ones, or sizes the weights do not have (a model of
+    terabytes), are refused in one line naming the checkpoint, before any memory is allocated for the model."""
+    trainer = train(make_config(tmp_path, max_steps=2))
+    (ckpt,) = list_checkpoints(trainer.run_dir or "")
+    state = read_checkpoint(ckpt)
+    assert state.model_kwargs is not None
+    cases = {
+        "build no model .*unexpected keyword argument 'evil'": {"evil": 1},
+        "build no model": {"num_layers": "2"},
+        "do not describe its weights: shape mismatch": {"dim_model": 2**20, "num_layers": 2**10},
+    }
+    for expected, patch in cases.items():
+        write_checkpoint(ckpt, dataclasses.replace(state, model_kwargs={**state.model_kwargs, **patch}))
+        with pytest.raises(ValueError, match=expected):
+            load_run(trainer.run_dir or "")
+
+
 class SlowLoaderTrainer(ToyTrainer):
     """The toy task with a training loader that takes 50 ms to produce each batch."""
 
@@ -202,6 +220,17 @@ def test_resume_errors(tmp_path: Path) -> None:
         train(make_config(tmp_path, resume=True, run_name=empty.base))
 
 
+def test_resume_refuses_a_run_whose_config_file_cannot_be_written(tmp_path: Path) -> None:
+    first = train(make_config(tmp_path, max_steps=2, run_name="y"))
+    run = rundir.RunDir(Path(first.run_dir or ""))
+    run.config_path.unlink()
+    run.config_path.mkdir()  # the resumed run rewrites its YAML here
+    before = sorted(p.name for p in run.path.iterdir())
+    with pytest.raises(ValueError, match=r"resume: .*run_1_y\.yaml. is not a file"):
+        train(make_config(tmp_path, max_steps=4, resume=True, run_name="y"))
+    assert sorted(p.name for p in run.path.iterdir()) == before  # refused before any work: no new events file
+
+
 def test_resume_picks_the_newest_loadable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="a"))
     rundir.allocate(tmp_path / "logs", "failed_start")  # newer, but holds no checkpoint
@@ -214,6 +243,23 @@ def test_resume_picks_the_newest_loadable_checkpoint(tmp_path: Path, capsys: pyt
         resumed.run_dir == first.run_dir and "resume: falling back" in out and "ckpt_00000004.pt is unreadable" in out
     )
     assert "resumed from" in out and "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
+
+
+@pytest.mark.parametrize(
+    "patch", [{"rng": 5}, {"progress": [1, 2]}, {"world_size": "2"}, {"val_metrics": [1]}, {"model": [1]}, {"run": 7}]
+)
+def test_resume_falls_back_past_a_malformed_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], patch: dict[str, Any]
+) -> None:
+    """A checkpoint that unpickles safely but holds an entry of the wrong type is unreadable: skipped, not a crash."""
+    first = train(make_config(tmp_path, max_steps=4, save_every_n_seconds=1e-6, run_name="m"))
+    newest = Path(first.run_dir or "") / "ckpt_00000004.pt"
+    torch.save({**torch.load(newest, weights_only=True), **patch}, newest)
+    capsys.readouterr()
+    resumed = train(make_config(tmp_path, max_steps=6, resume=True, run_name="m"))
+    out = capsys.readouterr().out
+    assert "ckpt_00000004.pt is unreadable" in out and f"({next(iter(patch))} is a" in out
+    assert "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
 
 
 def test_resume_falls_back_past_a_checkpoint_of_another_model_shape(
@@ -305,7 +351,7 @@ class SignalAt(ToyTrainer):
         return super().get_loss(model, batch)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     before = signal.getsignal(signum)
     trainer = SignalAt(make_config(tmp_path, max_steps=50))
@@ -314,6 +360,37 @@ def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     assert trainer.progress.step == 4 and trainer.stopped_by_signal == signum
     assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
     assert signal.getsignal(signum) == before  # handlers restored
+
+
+def test_a_run_under_nohup_ignores_a_hangup(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        trainer = SignalAt(make_config(tmp_path, max_steps=6))
+        trainer.signum = signal.SIGHUP
+        trainer.run()
+        assert trainer.stopped_by_signal is None and trainer.progress.step == 6
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+class DoubleCtrlC(ToyTrainer):
+    """Presses Ctrl-C twice in quick succession during one training step."""
+
+    def get_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if model.training and self.progress.step + 1 == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().get_loss(model, batch)
+
+
+def test_a_quick_second_ctrl_c_still_saves(tmp_path: Path) -> None:
+    # Two presses in a row are one request to stop (the second used to abort and lose the steps since the last
+    # checkpoint); only a press a few seconds later aborts a step that hangs.
+    trainer = DoubleCtrlC(make_config(tmp_path, max_steps=50))
+    trainer.run()
+    assert trainer.stopped_by_signal == signal.SIGINT and trainer.progress.step == 4
+    assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
 
 
 class SignalInEval(ToyTrainer):

@@ -54,6 +54,13 @@ class Question:
         }
 
 
+MAX_DEPTH = 1_000
+"""The deepest depth an export asks: its programs are then about 16,000 characters at 4 chains (far past the
+depths any model resolves), and deeper ones only make the export run for hours."""
+MAX_QUESTIONS = 100_000
+"""The most questions one export holds (per_depth x (max_depth + 1))."""
+
+
 def questions(per_depth: int, max_depth: int, num_chains: int, seed: int) -> list[Question]:
     """``per_depth`` questions for every depth 0..``max_depth``, each from its own program.
 
@@ -243,6 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             if args.per_depth < 1 or args.max_depth < 0 or not 1 <= args.num_chains <= 10:
                 raise ValueError("per_depth must be >= 1, max_depth >= 0 and num_chains in 1..10")
+            if args.max_depth > MAX_DEPTH:  # a program holds num_chains x (max_depth + 2) statements
+                raise ValueError(f"--max_depth must be at most {MAX_DEPTH:,}, got {args.max_depth:,}")
+            if args.per_depth * (args.max_depth + 1) > MAX_QUESTIONS:
+                raise ValueError(
+                    f"--per_depth x (--max_depth + 1) is {args.per_depth * (args.max_depth + 1):,} questions: "
+                    f"an export holds at most {MAX_QUESTIONS:,}"
+                )
+            if not 0 <= args.seed < 2**63:
+                raise ValueError(f"--seed must be in 0..2**63-1, got {str(args.seed)[:40]}")
             n = export(Path(args.out), args.per_depth, args.max_depth, args.num_chains, args.seed)
             print(f"wrote {n} questions to {args.out}")
         else:

@@ -23,6 +23,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 """Session names and run-name prefixes."""
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
+MAX_OVERRIDES_BYTES = 1 << 20
+"""The largest ``--overrides-file`` read (a line per run)."""
+
 Override = tuple[str, str | None]
 """One command-line override: ``(key, value)``, or ``(key, None)`` for a bare ``--flag``."""
 
@@ -125,9 +128,18 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
 def read_overrides_file(path: str | os.PathLike[str]) -> list[list[Override]]:
     """Reads one override set per line (``--num_layers=2 --num_heads=4``; blank and ``#`` lines skipped)."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_OVERRIDES_BYTES + 1)
     except OSError as e:
         raise SweepError(f"cannot read overrides file {str(path)!r}: {e.strerror}") from None
+    if len(raw) > MAX_OVERRIDES_BYTES:
+        raise SweepError(f"overrides file {str(path)!r} is larger than {MAX_OVERRIDES_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SweepError(
+            f"overrides file {str(path)!r} is not UTF-8 text: byte {e.start} is {raw[e.start]:#04x}"
+        ) from None
     sets: list[list[Override]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -320,6 +332,18 @@ def validate_runs(cmd: str, runs: Sequence[Run], extra: Sequence[str] = (), cwd:
                 "launches without this check)"
             )
         configs.append(config)
+    # Two spellings of one value (lr=0.001,1e-3; qk_norm=true,yes; a line repeated in an overrides file) plan the
+    # same run twice: compared as the task resolved them, not as typed.
+    first_of: dict[str, int] = {}
+    for position, (run, config) in enumerate(zip(runs, configs)):
+        key = yaml.safe_dump({k: v for k, v in config.items() if k != "run_name"}, sort_keys=True)
+        if key in first_of:
+            other = runs[first_of[key]]
+            raise SweepError(
+                f"runs {other.index} ({' '.join(other.args(extra)[:-1]) or '(no overrides)'}) and {run.index} "
+                f"({' '.join(run.args(extra)[:-1]) or '(no overrides)'}) resolve to the same config: identical runs"
+            )
+        first_of[key] = position
     return configs
 
 

@@ -23,7 +23,9 @@ from iluvattnshun.sweep.plan import SweepError
 from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.record import read_record, read_status, record_dir
 
-STOP_STATUSES = {128 + int(sig): sig.name for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+STOP_STATUSES = {
+    128 + int(sig): sig.name for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+}
 """Exit statuses of a run stopped by a signal (after saving its checkpoint); USR1 / USR2 are a scheduler's warning."""
 
 
