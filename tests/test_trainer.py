@@ -353,13 +353,19 @@ class SignalAt(ToyTrainer):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_saves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
-    before = signal.getsignal(signum)
-    trainer = SignalAt(make_config(tmp_path, max_steps=50))
-    trainer.signum = signal.Signals(signum)
-    trainer.run()  # returns normally; the command line then exits with 128 + signum
-    assert trainer.progress.step == 4 and trainer.stopped_by_signal == signum
-    assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
-    assert signal.getsignal(signum) == before  # handlers restored
+    # As a terminal leaves the signal: a test process started in the background inherits SIGINT ignored, and an
+    # ignored signal stays ignored (test_a_run_under_nohup_ignores_a_hangup).
+    as_terminal = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+    previous = signal.signal(signum, as_terminal)
+    try:
+        trainer = SignalAt(make_config(tmp_path, max_steps=50))
+        trainer.signum = signal.Signals(signum)
+        trainer.run()  # returns normally; the command line then exits with 128 + signum
+        assert trainer.progress.step == 4 and trainer.stopped_by_signal == signum
+        assert [p.name for p in list_checkpoints(trainer.run_dir or "")] == ["ckpt_00000004.pt"]
+        assert signal.getsignal(signum) == as_terminal  # handlers restored
+    finally:
+        signal.signal(signum, previous)
 
 
 def test_a_run_under_nohup_ignores_a_hangup(tmp_path: Path) -> None:
