@@ -151,7 +151,7 @@ class Checkpoint:
         }
         for key, allowed in kinds.items():
             if key in state and not isinstance(state[key], allowed):
-                raise ValueError(f"{source} is not a trainer checkpoint ({key} is a {type(state[key]).__name__})")
+                raise ValueError(f"{source} is not a trainer checkpoint ({key} is of type {type(state[key]).__name__})")
         if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
             raise ValueError(f"{source} is not a trainer checkpoint (model is not a state dict of tensors)")
         world_size = state.get("world_size", 1)
@@ -467,7 +467,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     except Exception as e:
         raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
+        raise ValueError(f"checkpoint {path!r} holds an object of type {type(state).__name__}, expected a dict")
     return state
 
 

@@ -108,7 +108,7 @@ class TrainerConfig(Config):
 
     # Evaluation
     eval_every_n_samples: int | None = 10_000
-    """Evaluate on the validation set every this many training samples (none: only at start and end)."""
+    """Evaluate on the validation set every this many training samples (0 or none: only at start and end)."""
 
     # Logging
     log_every_n_seconds: float = 10.0
@@ -372,7 +372,8 @@ class Trainer(ABC, Generic[C]):
             check_writable(directory, field)
         if cfg.load_model_path:
             if not os.path.isfile(cfg.load_model_path):
-                raise ValueError(f"load_model_path: no such file {cfg.load_model_path!r}")
+                what = "is not a file" if os.path.exists(cfg.load_model_path) else "does not exist"
+                raise ValueError(f"load_model_path: {cfg.load_model_path!r} {what}")
             load_checkpoint(cfg.load_model_path)  # unreadable: refused now, not after the run directory exists
         if cfg.save_model_path and not cfg.resume:
             rundir.check_checkpoint_dir_unused(cfg.save_model_path)

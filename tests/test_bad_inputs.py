@@ -169,6 +169,7 @@ ROUND_2 = [
     Case("NaN save interval", lambda d: [*tiny(d), "--save_every_n_seconds=nan"], "save_every_n_seconds"),
     Case("newline in the run name", lambda d: [*tiny(d), "--run_name=a\nb"], "run_name"),
     Case("escape code in the run name", lambda d: [*tiny(d), "--run_name=\x1b[2Jx"], "run_name"),
+    Case("weights path is a directory", lambda d: [*tiny(d), f"--load_model_path={d}"], "is not a file"),
 ]  # fmt: skip
 
 

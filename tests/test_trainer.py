@@ -258,7 +258,7 @@ def test_resume_falls_back_past_a_malformed_checkpoint(
     capsys.readouterr()
     resumed = train(make_config(tmp_path, max_steps=6, resume=True, run_name="m"))
     out = capsys.readouterr().out
-    assert "ckpt_00000004.pt is unreadable" in out and f"({next(iter(patch))} is a" in out
+    assert "ckpt_00000004.pt is unreadable" in out and f"({next(iter(patch))} is of type" in out
     assert "ckpt_00000003.pt at step 3" in out and resumed.progress.step == 6
 
 
