@@ -156,6 +156,14 @@ class ArrayLoader:
         self.epoch += 1
 
 
+def batch_rows(batch_size: int, batch_tokens: int, length: int | None) -> int:
+    """Prompts in a batch of prompts ``length`` tokens long: ``batch_size``, or fewer (at least 1) when they would
+    hold more than ``batch_tokens`` tokens (0: no token limit; a length of None: unknown, no limit)."""
+    if not batch_tokens or length is None:
+        return batch_size
+    return max(1, min(batch_size, batch_tokens // length))
+
+
 class StreamingDataset(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
     """An endless stream of freshly generated batches (no fixed dataset, no repeats across workers).
 
@@ -178,10 +186,13 @@ class StreamingDataset(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]
         world_size: int = 1,
         batches_per_call: int = 0,
         batches_per_step: int = 1,
+        batch_tokens: int = 0,
     ) -> None:
         """Args:
         prompter: generates examples with ``get_prompts``.
         batch_size: rows per batch.
+        batch_tokens: at most this many tokens per batch: a block's batches hold ``batch_rows(batch_size,
+            batch_tokens, T)`` rows at its prompt length T (0: always ``batch_size``).
         seed: stream seed (default: the prompter's ``data_seed``).
         rank, world_size: this process's rank.
         batches_per_call: batches generated per ``get_prompts`` call (vectorised generators are faster
@@ -195,6 +206,7 @@ class StreamingDataset(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.prompter = prompter
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.seed = prompter.config.data_seed if seed is None else seed
         self.rank = rank
         self.world_size = world_size
@@ -225,15 +237,16 @@ class StreamingDataset(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]
         return self._batches(worker, workers, local_skip)
 
     def _batches(self, worker: int, workers: int, skip: int) -> Iterator[Any]:
-        n = self.batch_size * self.batches_per_call
         block, first = divmod(skip, self.batches_per_call)
         while True:
             key = (STREAM_SPLIT, self.epoch, self.rank, worker, block)
             rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
             step = (block * self.batches_per_call * workers + worker) // self.batches_per_step
-            cols = self.prompter.at_step(step).sample_batch(rng, n)
+            prompter = self.prompter.at_step(step)
+            rows = batch_rows(self.batch_size, self.batch_tokens, prompter.max_seq_len)
+            cols = prompter.sample_batch(rng, rows * self.batches_per_call)
             for b in range(first, self.batches_per_call):
-                part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                part = slice(b * rows, (b + 1) * rows)
                 yield {k: v[part] if self._numpy else to_tensor(v[part]) for k, v in cols.items()}
             block, first = block + 1, 0
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iluvattnshun import distributed as tdist
-from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader
+from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, batch_rows
 from iluvattnshun.datasets import dataset_arrays, dataset_meta, make_dataset
 from iluvattnshun.model_config import ModelConfig, build_model, training_step_memory
 from iluvattnshun.nn import MultilayerTransformer
@@ -50,6 +50,10 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
 
     streaming: bool = False
     """Train on an endless stream of fresh examples instead of the cached train split."""
+    batch_tokens: int = 0
+    """Streaming: at most this many tokens per batch (fewer than batch_size prompts once a curriculum's prompts
+    are longer than batch_tokens / batch_size), so a late step costs and scores about as much as an early one;
+    0: always batch_size prompts."""
     num_workers: int = 0
     """DataLoader worker processes for streaming generation (0: generate in the training process)."""
     val_batch_size: int | None = None
@@ -65,6 +69,10 @@ class PromptTaskConfig(TrainerConfig, PromptConfig, ModelConfig, OptimConfig):
             raise ValueError(f"val_batch_size must be >= 1, got {self.val_batch_size}")
         if self.batch_size > self.train_size and not self.streaming:
             raise ValueError(f"batch_size ({self.batch_size}) must not exceed train_size ({self.train_size})")
+        if self.batch_tokens < 0:
+            raise ValueError(f"batch_tokens must be >= 0, got {self.batch_tokens}")
+        if self.batch_tokens and not self.streaming:
+            raise ValueError("batch_tokens needs --streaming (a cached dataset's batches hold batch_size rows)")
         if self.depth_min_positions < 1:
             raise ValueError(f"depth_min_positions must be >= 1, got {self.depth_min_positions}")
 
@@ -202,10 +210,12 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
         return self.prompter.max_seq_len
 
     def step_cost(self, step: int) -> float:
-        """A step costs ~ T * (1 + T / 480) at prompt length T (attention grows with T^2; measured on var_rename's
-        depth recipe: 4 layers, d_model 64, 11.5x the time per step at T 256 as at T 32)."""
+        """A step costs ~ B * T * (1 + T / 480) with B prompts of length T (attention grows with T^2; measured on
+        var_rename's depth recipe: 4 layers, d_model 64, 11.5x the time per step at T 256 as at T 32, B 64)."""
         length = self.prompter.at_step(step).max_seq_len
-        return 1.0 if length is None else length * (1 + length / 480)
+        if length is None:
+            return 1.0
+        return batch_rows(self.config.batch_size, self.config.batch_tokens, length) * length * (1 + length / 480)
 
     def output_dirs(self) -> dict[str, str]:
         return {**super().output_dirs(), "dataset_path": self.config.dataset_path}
@@ -229,6 +239,7 @@ class PromptTaskTrainer(Trainer[C], Generic[C]):
             stream = StreamingDataset(
                 self.prompter,
                 batch_size=c.batch_size,
+                batch_tokens=c.batch_tokens,
                 rank=self.rank,
                 world_size=self.world_size,
                 batches_per_step=c.grad_accum_steps,

@@ -88,6 +88,8 @@ CASES = [
     Case("missing weights file", lambda d: [*tiny(d), f"--load_model_path={d / 'nope.pt'}"], "load_model_path"),
     Case("weights of another shape", lambda d: [*tiny(d), f"--load_model_path={d / 'other.pt'}"], "shape mismatch", prepare=other_model_checkpoint),
     Case("batch larger than the data", lambda d: [*tiny(d), "--batch_size=1000"], "batch_size"),
+    Case("negative batch_tokens", lambda d: [*tiny(d), "--streaming", "--batch_tokens=-1"], "batch_tokens must be >= 0"),
+    Case("batch_tokens on a cached dataset", lambda d: [*tiny(d), "--batch_tokens=256"], "batch_tokens needs --streaming"),
     Case("duplicate YAML key", lambda d: [*tiny(d), f"--config={d / 'c.yaml'}"], "duplicate key", prepare=write("c.yaml", "lr: 0.1\nlr: 0.2\n")),
     Case("dag with an impossible graph", lambda d: [*tiny(d), "--num_nodes=30"], "num_nodes", task="dag"),
     Case("var_eval with too many chains", lambda d: [*tiny(d), "--num_chains=26"], "num_chains", task="var_eval"),

@@ -13,7 +13,7 @@ import torch.utils.data
 
 from examples.var_rename import VarRenameConfig, VarRenamePrompter
 from iluvattnshun import compat
-from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer
+from iluvattnshun.data import ArrayLoader, StreamingDataset, StreamingLoader, WaitTimer, batch_rows
 from iluvattnshun.datasets import dataset_arrays, make_dataset
 
 
@@ -170,3 +170,14 @@ def test_streamed_curriculum_grows_the_prompts_and_resumes_on_the_same_schedule(
     assert torch.equal(next(iter(stream))["prompt"], batches[5]["prompt"])
     accumulating = StreamingDataset(VarRenamePrompter(config), batch_size=3, batches_per_call=1, batches_per_step=2)
     assert [b["prompt"].shape[1] for b in itertools.islice(iter(accumulating), 8)] == [16] * 4 + [24] * 4
+
+
+def test_batch_tokens_caps_the_tokens_of_a_curriculum_batch_and_resumes_the_same_rows() -> None:
+    config = VarRenameConfig(num_chains=2, num_renames=12, min_renames=4, renames_growth_steps=2, streaming=True)
+    stream = StreamingDataset(VarRenamePrompter(config), batch_size=6, batches_per_call=2, batch_tokens=100)
+    batches = list(itertools.islice(iter(stream), 8))
+    shapes = [tuple(b["prompt"].shape) for b in batches]
+    assert shapes == [(6, 16)] * 2 + [(4, 24)] * 2 + [(2, 36)] * 2 + [(2, 48)] * 2  # min(6, 100 // T) rows
+    stream.skip(5)  # mid-block: the block's rows follow its prompt length, not batch_size
+    assert torch.equal(next(iter(stream))["prompt"], batches[5]["prompt"])
+    assert [batch_rows(6, 0, 48), batch_rows(6, 10, 48), batch_rows(6, 100, None)] == [6, 1, 6]

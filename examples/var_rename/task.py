@@ -226,15 +226,16 @@ def depth() -> VarRenameConfig:
         mix_layouts=True,  # both layouts: the reach holds on the original study's layout too
         mix_layouts_from=1000,  # after the first plateau: mixed from the start, 4 layers stayed on it (bench/RESULTS.md)
         min_renames=8,
-        renames_growth_steps=1000,  # 8, 12, 18, 27, 41 renames by step 4,000
+        renames_growth_steps=600,  # 8, 12, 18, 27, 41, 62 renames, the test's 64 from step 3,600
         streaming=True,
         train_size=1_000,  # streamed training: only the test split is used
         test_size=500,
         batch_size=64,
+        batch_tokens=2048,  # 64 prompts of 8 renames, 8 of 64: every step scores 512 answers at about the same cost
         max_steps=5_000,
         lr_decay="linear",  # constant, then down to 0.1 x lr over the last 15% of the steps
         decay_fraction=0.15,
-        eval_every_n_samples=64 * 500,
+        eval_every_n_samples=64 * 250,  # every 250 steps at first, every 2,000 at 64 renames
     )
 
 
