@@ -260,6 +260,21 @@ def find_resume(logdir: str, run_name: str, save_model_path: str | None) -> tupl
     raise ValueError("resume: " + "; ".join(skipped))
 
 
+def check_same_task(checkpoint: Checkpoint, config: Config, path: str | os.PathLike[str]) -> None:
+    """Refuse to resume a checkpoint written by another task's run (its config class differs from ``config``'s): in
+    one line naming both, rather than as a shape mismatch of two unrelated models.
+
+    Raises:
+        ValueError: when the recorded config class is not ``config``'s.
+    """
+    trained_by = checkpoint.classes.get("config")
+    if trained_by and trained_by != class_path(type(config)):
+        raise ValueError(
+            f"resume: {os.fspath(path)!r} is a checkpoint of another task (config {trained_by[:200]}, this run's "
+            f"is {class_path(type(config))}): resume it with the task that trained it"
+        )
+
+
 def resume_config_changes(checkpoint: Checkpoint, config: Config) -> tuple[dict[str, Any], list[str]]:
     """Compare the config a checkpoint was trained with to the one resuming it.
 
@@ -309,10 +324,11 @@ def resume(
     """Load the checkpoint at ``path`` into model, optimizer and scheduler to continue its run under ``config``.
 
     Raises:
-        ValueError: when the model does not match, or ``config`` changes a data field (see
-            ``resume_config_changes``).
+        ValueError: when the checkpoint is another task's (``check_same_task``), the model does not match, or ``config`` changes a data
+            field (see ``resume_config_changes``).
     """
     checkpoint = read_checkpoint(path)
+    check_same_task(checkpoint, config, path)
     restore(checkpoint, model, optimizer, scheduler, source=repr(path))
     progress = checkpoint.progress
     notices = []
@@ -454,21 +470,35 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot load checkpoint {path!r}: the file is empty (0 bytes)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
+        detail = _unpickler_detail(str(e))
+        if "unsupported global" not in detail.lower():
+            raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({detail})") from e
         raise ValueError(
             f"{path!r} holds Python objects that weights-only loading refuses (a pickled model or trainer, say, "
-            f"rather than state dicts); load it with torch.load(weights_only=False) only if you trust it: "
-            f"{str(e).splitlines()[0]}"
+            f"rather than state dicts); load it with torch.load(weights_only=False) only if you trust it: {detail}"
         ) from e
     except Exception as e:
-        raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({e})") from e
+        detail = str(e).splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({detail})") from e
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds an object of type {type(state).__name__}, expected a dict")
     return state
+
+
+def _unpickler_detail(message: str) -> str:
+    """The reason in torch's weights-only error (``Unsupported global: GLOBAL x.Y ...``, ``Unsupported operand 67``),
+    in one bounded line, without its advice paragraphs."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return reason.split(" was not an allowed global")[0][:300]
+    return (lines[0] if lines else "unpickling failed")[:300]
 
 
 def load_state_into(

@@ -45,11 +45,13 @@ from iluvattnshun.checkpoint import (
     Progress,
     class_path,
     cleanup_temp_files,
+    check_same_task,
     find_fitting,
     find_resume,
     get_rng_state,
     load_checkpoint,
     load_model_weights,
+    read_checkpoint,
     prune_checkpoints,
     resume,
     seed_everything,
@@ -380,6 +382,7 @@ class Trainer(ABC, Generic[C]):
         if not cfg.resume:
             return None
         run, path, skipped = find_resume(cfg.tensorboard_logdir, cfg.run_name, cfg.save_model_path)
+        check_same_task(read_checkpoint(path), cfg, path)
         if skipped:
             self._notices.append(("resume: falling back", "\n".join(skipped)))
         held.enter_context(run.lock())  # a second process resuming this run is refused

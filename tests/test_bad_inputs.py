@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 import torch
 
+from iluvattnshun.checkpoint import Checkpoint, Progress, write_checkpoint
 from iluvattnshun.nn import MultilayerTransformer
 from forked import Zygote, command_env, python_m, zygotes
 
@@ -62,6 +63,15 @@ def write(relative: str, text: str) -> Callable[[Path], None]:
         (d / relative).write_text(text)
 
     return prepare
+
+
+def other_task_run(d: Path) -> None:
+    """A run directory ``run_1_x`` holding a valid checkpoint of a dag run (another task, other model)."""
+    (d / "logs" / "run_1_x").mkdir(parents=True)
+    model = MultilayerTransformer(39, dim_model=32, num_heads=2, num_layers=1)
+    classes = {"config": "examples.dag.task:DagConfig"}
+    checkpoint = Checkpoint(model.state_dict(), {}, None, Progress(step=2), [], "", classes=classes)
+    write_checkpoint(d / "logs" / "run_1_x" / "ckpt_00000002.pt", checkpoint)
 
 
 def other_model_checkpoint(d: Path) -> None:
@@ -146,8 +156,8 @@ def problem(case: Case, d: Path, proc: subprocess.CompletedProcess[str]) -> str 
     """What is wrong with how the process met the case's bad input, or None when it kept the promise."""
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("note:")]
     left = sorted(str(p.relative_to(d)) for p in d.glob("logs/run_*")) + (["data"] if (d / "data").exists() else [])
-    if case.name == "resume without a checkpoint":
-        left.remove("logs/run_1_x")  # the empty run directory the case started from
+    if case.name.startswith("resume"):
+        left.remove("logs/run_1_x")  # the run directory the case started from
     if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or case.names not in lines[0]:
         return f"{case.name}: exit {proc.returncode}, stderr {proc.stderr[-600:]!r}"
     if left:
@@ -172,6 +182,7 @@ ROUND_2 = [
     Case("newline in the run name", lambda d: [*tiny(d), "--run_name=a\nb"], "run_name"),
     Case("escape code in the run name", lambda d: [*tiny(d), "--run_name=\x1b[2Jx"], "run_name"),
     Case("weights path is a directory", lambda d: [*tiny(d), f"--load_model_path={d}"], "is not a file"),
+    Case("resume another task's run", lambda d: [*tiny(d), "--resume", "--run_name=x"], "is a checkpoint of another task (config examples.dag.task:DagConfig, this run's is examples.var_rename.task:VarRenameConfig)", prepare=other_task_run),
 ]  # fmt: skip
 
 

@@ -50,13 +50,20 @@ def test_original_call_form_loads_into_the_model_and_optimizer(tmp_path: Path) -
 
 def test_files_of_another_kind_get_clear_errors(tmp_path: Path) -> None:
     torch.save(model(), tmp_path / "pickled.pt")
-    with pytest.raises(ValueError, match="holds Python objects that weights-only loading refuses"):
+    with pytest.raises(ValueError, match="weights-only loading refuses.*: Unsupported global: GLOBAL "):
         load_checkpoint(tmp_path / "pickled.pt", model())
     good = tmp_path / "good.pt"
     save_checkpoint(good, {"model": model().state_dict()})
     (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:300])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "truncated.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'.*empty.pt': the file is empty \(0 bytes\)"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "noise.pt").write_bytes(b"C" + bytes(range(200)))  # no pickle: corrupt, not "Python objects"
+    with pytest.raises(ValueError, match=r"truncated or corrupt \(Unsupported operand") as noise:
+        load_checkpoint(tmp_path / "noise.pt")
+    assert "\n" not in str(noise.value) and "weights-only loading refuses" not in str(noise.value)
     torch.save({"foo": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="holds no model state dict"):
         load_checkpoint(tmp_path / "other.pt", model())
