@@ -304,6 +304,8 @@ def resume_config_changes(checkpoint: Checkpoint, config: Config) -> tuple[dict[
 class Resumed:
     """What ``resume`` hands back to the trainer after loading the model, optimizer and scheduler."""
 
+    path: str
+    """The checkpoint it resumed from: the one asked for, or an older one of its directory that fits the model."""
     progress: Progress
     rng: list[Any]
     """Each rank's RNG state; empty when the number of ranks changed (the streams then start afresh)."""
@@ -321,17 +323,20 @@ def resume(
     config: Config,
     world_size: int,
 ) -> Resumed:
-    """Load the checkpoint at ``path`` into model, optimizer and scheduler to continue its run under ``config``.
+    """Load the checkpoint at ``path`` (or, when it does not fit the model, the newest older one of its directory that
+    does: ``find_fitting``) into model, optimizer and scheduler to continue its run under ``config``.
 
     Raises:
         ValueError: when the checkpoint is another task's (``check_same_task``), the model does not match, or ``config`` changes a data
             field (see ``resume_config_changes``).
     """
+    fitting, skipped = find_fitting(path, model)
+    path = str(fitting)
     checkpoint = read_checkpoint(path)
     check_same_task(checkpoint, config, path)
     restore(checkpoint, model, optimizer, scheduler, source=repr(path))
     progress = checkpoint.progress
-    notices = []
+    notices = [("resume: falling back", "\n".join(skipped))] if skipped else []
     same_world = checkpoint.world_size == world_size
     if not same_world:
         # Each rank's data position and RNG stream only carry over with the same number of ranks.
@@ -347,7 +352,7 @@ def resume(
         (f"resumed from {path} at step {progress.step:,}", ("config changes: " + "; ".join(diffs)) if diffs else "")
     )
     run_name = str(old["run_name"]) if "run_name" in old else None
-    return Resumed(progress, checkpoint.rng if same_world else [], run_name, notices)
+    return Resumed(path, progress, checkpoint.rng if same_world else [], run_name, notices)
 
 
 def class_path(cls: type) -> str:

@@ -5,6 +5,8 @@ its clocks, the last save, the pending non-finite flag) and ``LogWindow`` (the s
 session of a run and starts afresh on resume.
 """
 
+import collections.abc
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +24,15 @@ def cost_between(step_cost: Callable[[int], float], start: int, end: int) -> flo
         return 0.0
     stride = max(1, (end - start) // 200)
     return sum(step_cost(s) * min(stride, end - s) for s in range(start, end, stride))
+
+
+def steps_left_in_epochs(progress: Progress, loader: object, num_epochs: int, grad_accum_steps: int) -> int | None:
+    """Optimizer steps left until ``num_epochs`` epochs of ``loader`` are done (None: no epoch budget, or a loader
+    without a length, like a stream)."""
+    length = len(loader) if isinstance(loader, collections.abc.Sized) else None
+    if num_epochs <= 0 or not length:
+        return None
+    return math.ceil((num_epochs * length - (progress.epoch * length + progress.batch_idx)) / grad_accum_steps)
 
 
 @dataclass

@@ -6,8 +6,9 @@ choice with its reason and records the resolved values in its config. The thresh
 measurement.
 """
 
+import contextlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -28,6 +29,13 @@ class SpeedChoice:
     compile: bool
     precision: Literal["fp32", "bf16"]
     reason: str
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` when ``precision`` is bf16, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -15,7 +15,6 @@ Dataloaders follow the protocol of ``batches.py`` (``set_epoch``, ``skip``: opti
 synchronises every backward pass). What the loop carries between steps is one ``LoopState`` (``loop_state.py``).
 """
 
-import collections.abc
 import contextlib
 import dataclasses
 import functools
@@ -46,7 +45,6 @@ from iluvattnshun.checkpoint import (
     class_path,
     cleanup_temp_files,
     check_same_task,
-    find_fitting,
     find_resume,
     get_rng_state,
     load_checkpoint,
@@ -62,7 +60,7 @@ from iluvattnshun.cli import ConfigError, StopSignals, check_parsed_from_command
 from iluvattnshun.config import Config, config_to_dict, declared_config_class, get_yaml_string, short_repr
 from iluvattnshun.files import check_writable
 from iluvattnshun.logger import Logger, NullLogger, format_duration
-from iluvattnshun.loop_state import LogWindow, LoopState
+from iluvattnshun.loop_state import LogWindow, LoopState, steps_left_in_epochs
 from iluvattnshun.metrics import MetricSums
 from iluvattnshun.optim import OptimConfig, build_optimizer, build_scheduler
 
@@ -183,6 +181,18 @@ C = TypeVar("C", bound=TrainerConfig)
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite and ``skip_nonfinite`` is off."""
+
+
+def _nonfinite(what: str, saved: str) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"{what}; {saved}. Lower the learning rate, set --grad_norm_max, or pass --skip_nonfinite to skip such steps."
+    )
+
+
+def _parameters_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one device sync)."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 class _NonFiniteStep(Exception):
@@ -351,11 +361,6 @@ class Trainer(ABC, Generic[C]):
     def _distributed(self) -> bool:
         return self.world_size > 1
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.speed.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def output_dirs(self) -> dict[str, str]:
         """The directories the run writes to, by the field that names them (checked writable before any work)."""
         cfg = self.config
@@ -430,13 +435,9 @@ class Trainer(ABC, Generic[C]):
                 self.optimizer = self.get_optimizer(self.model)
                 self.scheduler = self.get_scheduler(self.optimizer)
                 rng_states: list[Any] = []
-                if resume_ckpt is not None:
-                    fitting, skipped = find_fitting(resume_ckpt, self.model)  # newest of another shape: an older one
-                    if skipped:
-                        self._notices.append(("resume: falling back", "\n".join(skipped)))
-                    resume_ckpt = str(fitting)
+                if resume_ckpt is not None:  # the newest checkpoint that fits the model (of another shape: older)
                     resumed = resume(resume_ckpt, self.model, self.optimizer, self.scheduler, cfg, self.world_size)
-                    self.progress, rng_states = resumed.progress, resumed.rng
+                    resume_ckpt, self.progress, rng_states = resumed.path, resumed.progress, resumed.rng
                     self._notices += resumed.notices
                     # What the run records (YAML, checkpoints) reproduces the run: not "resume this directory".
                     run_name = cfg.run_name if resumed.run_name is None else resumed.run_name
@@ -474,9 +475,8 @@ class Trainer(ABC, Generic[C]):
             if self.is_main:
                 if fresh:
                     held.enter_context(rundir.RunDir(Path(run_dir)).lock())
-                purge_step = None
-                if resume_ckpt is not None and (step := rundir.checkpoint_step(resume_ckpt)) is not None:
-                    purge_step = step + 1  # hide what the interrupted run logged after its checkpoint
+                # On resume, hide what the interrupted run logged after its checkpoint.
+                purge_step = self.progress.step + 1 if resume_ckpt is not None else None
                 self.logger = Logger(
                     run_dir,
                     precision=cfg.log_fp,
@@ -548,18 +548,9 @@ class Trainer(ABC, Generic[C]):
             try:
                 self._train_step(loop, micro_batches)
             except _NonFiniteStep as e:
-                saved = (
-                    f"saved the last good state to {self.save_checkpoint()}"
-                    if self._parameters_finite()
-                    else (
-                        f"the parameters were no longer finite and were not saved (last good checkpoint: "
-                        f"{self.last_checkpoint()})"
-                    )
-                )
-                raise NonFiniteLossError(
-                    f"{e}; {saved}. Lower the learning rate, set --grad_norm_max, or pass --skip_nonfinite to skip "
-                    "such steps."
-                ) from None
+                if _parameters_finite(self.model):
+                    raise _nonfinite(str(e), f"saved the last good state to {self.save_checkpoint()}") from None
+                raise _nonfinite(str(e), f"the parameters were no longer finite and were not saved ({self._last()})")
             self._maybe_log_train(loop)
             if p.eval_due(cfg.eval_every_n_samples):
                 self._evaluate()
@@ -626,7 +617,7 @@ class Trainer(ABC, Generic[C]):
             if isinstance(model, DistributedDataParallel) and i < n - 1:
                 sync = model.no_sync()
             with sync:
-                with self._autocast():
+                with speed.autocast(self.device, self.speed.precision):
                     loss, _ = self.get_loss(model, batch)
                 if loss.dim() != 0:
                     raise ValueError(f"get_loss must return a scalar loss, got shape {tuple(loss.shape)}")
@@ -678,11 +669,11 @@ class Trainer(ABC, Generic[C]):
 
     def _raise_lazy_nonfinite(self) -> None:
         """A non-finite loss or gradient norm was noticed after the fact (``LoopState.nonfinite``): stop unsaved."""
-        raise NonFiniteLossError(
-            f"non-finite loss or gradient norm at or before step {self.progress.step}; the model is no longer "
-            f"finite and was not saved (last good checkpoint: {self.last_checkpoint()}). Lower the learning rate, set "
-            "--grad_norm_max, or pass --skip_nonfinite to skip such steps."
-        )
+        what = f"non-finite loss or gradient norm at or before step {self.progress.step}"
+        raise _nonfinite(what, f"the model is no longer finite and was not saved ({self._last()})")
+
+    def _last(self) -> str:
+        return f"last good checkpoint: {self.last_checkpoint()}"
 
     # ------------------------------------------------------------------------------------------------------
     # Logging
@@ -699,10 +690,7 @@ class Trainer(ABC, Generic[C]):
         metrics = loop.window.metrics(p, lr, time.time(), loop.data.wait_s)
         metrics["elapsed_min"] = loop.train_time(p) / 60
         header: dict[str, Any] = {"epoch": p.epoch, "samples": p.samples_seen}
-        length = len(self.train_loader) if isinstance(self.train_loader, collections.abc.Sized) else None
-        steps_left = None
-        if cfg.num_epochs > 0 and length:
-            steps_left = math.ceil((cfg.num_epochs * length - (p.epoch * length + p.batch_idx)) / cfg.grad_accum_steps)
+        steps_left = steps_left_in_epochs(p, self.train_loader, cfg.num_epochs, cfg.grad_accum_steps)
         eta = loop.eta_seconds(p, self.step_cost, cfg.max_minutes, cfg.max_steps, steps_left)
         if eta is not None:
             metrics["eta_min"] = eta / 60
@@ -733,7 +721,7 @@ class Trainer(ABC, Generic[C]):
                 if not self._distributed and self._signals.received is not None:
                     raise _Interrupted  # a signal stops a long evaluation between batches
                 batch = move_to_device(batch, self.device)
-                with self._autocast():
+                with speed.autocast(self.device, self.speed.precision):
                     loss, preds = self.get_loss(model, batch)
                     sums.add({"loss": loss, **self.val_metrics(self.model, batch, preds)}, batch_size_of(batch))
             result = sums.reduce()
@@ -779,11 +767,6 @@ class Trainer(ABC, Generic[C]):
             val_metrics={k: v for k, v in self.last_val_metrics.items() if isinstance(v, (int, float))},
         )
 
-    def _parameters_finite(self) -> bool:
-        """Whether every parameter is finite (one device sync)."""
-        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
-        return bool(torch.stack(flags).all()) if flags else True
-
     def last_checkpoint(self) -> str | None:
         """The newest checkpoint in the run's checkpoint directory, or None."""
         saved = rundir.list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
@@ -803,10 +786,9 @@ class Trainer(ABC, Generic[C]):
         loop.last_save_time = time.time()
         if loop.last_saved_step == self.progress.step and os.path.exists(path):
             return path
-        if not self._parameters_finite():
+        if not _parameters_finite(self.model):
             raise NonFiniteLossError(
-                f"the parameters are not finite at step {self.progress.step}: not saved (last good checkpoint: "
-                f"{self.last_checkpoint()})"
+                f"the parameters are not finite at step {self.progress.step}: not saved ({self._last()})"
             )
         state = self.checkpoint_state()
         if self.is_main:
