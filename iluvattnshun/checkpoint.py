@@ -327,8 +327,8 @@ def resume(
     does: ``find_fitting``) into model, optimizer and scheduler to continue its run under ``config``.
 
     Raises:
-        ValueError: when the checkpoint is another task's (``check_same_task``), the model does not match, or ``config`` changes a data
-            field (see ``resume_config_changes``).
+        ValueError: when the checkpoint is another task's (``check_same_task``), no checkpoint from ``path`` back fits
+            the model, or ``config`` changes a data field (see ``resume_config_changes``).
     """
     fitting, skipped = find_fitting(path, model)
     path = str(fitting)

@@ -46,8 +46,7 @@ class _Events:
                     else:
                         continue
                     self.last[value.tag] = (int(event.step), number)
-                    if value.tag.startswith("train/"):
-                        self.step = max(self.step, int(event.step))
+                    self.step = max(self.step, int(event.step))  # the final evaluation's step too
 
 
 def _max_steps(run: rundir.RunDir) -> int | None:
