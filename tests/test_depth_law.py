@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,9 @@ def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path
         subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "8/8 runs ended" in proc.stdout  # the progress lines, printed (not redrawn) when not a terminal
+    last = proc.stdout.split("8/8 runs ended")[-1].splitlines()[1:9]
+    done = [re.search(r"step (\d+)/(\d+) .* finished$", line) for line in last]
+    assert all(m and m[1] == m[2] for m in done), last  # every run at its last step, not its last train log
     out = tmp_path / "law"
     for name in ("accuracy_per_depth.html", "depth_reach.html", "accuracy_per_depth.csv", "results.md"):
         assert (out / name).is_file(), name
