@@ -4,7 +4,7 @@ Run:
     python -m bench.bench_plateau [--seeds 5] [--max_steps 3000] [--variants baseline,qk_norm] [--write]
 
 Every run trains the depth recipe as it was before QK-norm (``--preset=depth --qk_norm=false --mix_layouts=false
---renames_growth_steps=3000``: AdamW 1e-3, 200 warmup steps, batch 64, fresh prompts of 2 chains, 8 renames for the
+--renames_growth_steps=3000 --batch_tokens=0``: AdamW 1e-3, 200 warmup steps, batch 64, fresh prompts of 2 chains, 8 renames for the
 curriculum's first 3,000 steps) at one small shape (3 layers, d_model 64, 4 heads) with a constant learning rate,
 evaluating every ``--eval_every`` steps on one fixed set of the recipe's test prompts (``--eval_prompts`` of 64
 renames in the bind-first layout, seed 1234: the shallow depths must hold on prompts 8x longer than trained on). It
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from bench.common import machine
 from bench.results import publish
 from examples.var_rename.task import VarRenameConfig, VarRenamePrompter, depth
+from iluvattnshun.data import batch_rows
 from iluvattnshun.model_config import build_model
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.optim import build_optimizer, build_scheduler
@@ -53,9 +54,15 @@ SHAPE = {"num_layers": 3, "dim_model": 64, "num_heads": 4}
 EVAL_SEED = 1234
 
 
-BASELINE = {"qk_norm": False, "mix_layouts": False, "mix_layouts_from": 0, "renames_growth_steps": 3000}
-"""The depth recipe as it was before this benchmark (one layout, no QK-norm, 8 renames for the first 3,000 steps):
-every variant changes it in one place."""
+BASELINE = {
+    "qk_norm": False,
+    "mix_layouts": False,
+    "mix_layouts_from": 0,
+    "renames_growth_steps": 3000,
+    "batch_tokens": 0,
+}
+"""The depth recipe as it was before this benchmark (one layout, no QK-norm, 8 renames for the first 3,000 steps,
+64 prompts a batch at every length): every variant changes it in one place."""
 
 
 def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameConfig:
@@ -170,7 +177,9 @@ def run_one(
     accuracy: dict[int, float] = {}
     step = 0
     while step < max_steps and (escape is None or reach4 is None):
-        batch = as_tensors(prompter.at_step(step).sample_batch(rng, config.batch_size))
+        now = prompter.at_step(step)
+        rows = batch_rows(config.batch_size, config.batch_tokens, now.max_seq_len)  # as the trainer's stream
+        batch = as_tensors(now.sample_batch(rng, rows))
         logits = model(batch["prompt"]).logits  # (B, T, V)
         loss = loss_of(logits, batch["answer"], batch["depth"], mask, variant == "depth_balanced")
         optimizer.zero_grad(set_to_none=True)

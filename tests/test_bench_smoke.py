@@ -160,3 +160,19 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert results.read_text().strip().endswith(bt.SECTION_END)
     for heading in ("### 1.", "### 2.", "### 4.", "### 5."):
         assert heading in text
+
+
+def test_plateau_variants_change_the_earlier_recipe_in_one_place_and_train() -> None:
+    from bench import bench_plateau as bp
+    from examples.var_rename.task import depth
+
+    baseline, recipe = bp.config_of("baseline"), bp.config_of("depth_recipe")
+    assert (baseline.batch_tokens, baseline.renames_growth_steps, baseline.qk_norm) == (0, 3000, False)
+    assert (recipe.batch_tokens, recipe.renames_growth_steps, recipe.qk_norm) == (
+        depth().batch_tokens,
+        depth().renames_growth_steps,
+        True,
+    )
+    assert bp.config_of("qk_norm") == dataclasses.replace(baseline, qk_norm=True)
+    result = bp.run_one("qk_norm", seed=0, max_steps=4, eval_every=2, eval_prompts=20, num_layers=1)
+    assert result["steps"] == 4 and len(result["acc"]) == 6 and 0.0 <= result["acc"][0] <= 1.0
