@@ -550,9 +550,7 @@ class Trainer(ABC, Generic[C]):
             except _NonFiniteStep as e:
                 if _parameters_finite(self.model):
                     raise _nonfinite(str(e), f"saved the last good state to {self.save_checkpoint()}") from None
-                raise _nonfinite(
-                    str(e), f"the parameters were no longer finite and were not saved ({self._last()})"
-                ) from None
+                raise _nonfinite(str(e), f"the parameters were no longer finite: not saved ({self._last()})") from None
             self._maybe_log_train(loop)
             if p.eval_due(cfg.eval_every_n_samples):
                 self._evaluate()
