@@ -270,7 +270,7 @@ def check_same_task(checkpoint: Checkpoint, config: Config, path: str | os.PathL
     trained_by = checkpoint.classes.get("config")
     if trained_by and trained_by != class_path(type(config)):
         raise ValueError(
-            f"resume: {os.fspath(path)!r} is a checkpoint of another task (config {trained_by[:200]}, this run's "
+            f"resume: {os.fspath(path)!r} is a checkpoint of another task (config {str(trained_by)[:200]}, this run's "
             f"is {class_path(type(config))}): resume it with the task that trained it"
         )
 

@@ -136,3 +136,18 @@ def test_find_resumable_skips_unreadable_and_cleanup_removes_only_checkpoint_tem
     other.write_bytes(b"x")
     assert cleanup_temp_files(tmp_path) == [killed]
     assert not killed.exists() and other.exists()
+
+
+def test_resume_refuses_another_tasks_checkpoint_in_one_line() -> None:
+    from examples.var_rename.task import VarRenameConfig
+    from iluvattnshun.checkpoint import Checkpoint, Progress, check_same_task, class_path
+
+    def written_by(config_class: object) -> Checkpoint:
+        return Checkpoint({}, {}, None, Progress(), [], "", classes={"config": config_class})  # type: ignore[dict-item]
+
+    check_same_task(written_by(class_path(VarRenameConfig)), VarRenameConfig(), "own.pt")  # its own task: accepted
+    check_same_task(Checkpoint({}, {}, None, Progress(), [], ""), VarRenameConfig(), "old.pt")  # none recorded
+    for other in ("examples.dag.task:DagConfig", 7, "x" * 10_000):  # another task's, or a malformed record
+        with pytest.raises(ValueError, match=r"^resume: 'p.pt' is a checkpoint of another task \(config ") as e:
+            check_same_task(written_by(other), VarRenameConfig(), "p.pt")
+        assert len(str(e.value)) < 400 and "\n" not in str(e.value)
