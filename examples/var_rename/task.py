@@ -216,8 +216,8 @@ def paper() -> VarRenameConfig:
 
 def depth() -> VarRenameConfig:
     """The depth-law recipe for a 2-core CPU (python -m examples.var_rename.depth_law; examples/README.md): QK-norm,
-    fresh prompts of 2 chains in both layouts whose length grows from 8 to 41 renames, evaluated on 64-rename
-    prompts (depths past 25)."""
+    fresh prompts of 2 chains in both layouts whose length grows from 8 to the test's 64 renames (depths past 25), at
+    most 2,048 tokens a batch."""
     return VarRenameConfig(
         **{**CPU, "max_minutes": None},  # the step budget ends the run
         qk_norm=True,  # 3 layers: off the first plateau by step 1,000 for 5 of 5 seeds, 0 of 5 without (bench/RESULTS.md)
