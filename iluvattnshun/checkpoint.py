@@ -327,13 +327,12 @@ def resume(
     does: ``find_fitting``) into model, optimizer and scheduler to continue its run under ``config``.
 
     Raises:
-        ValueError: when the checkpoint is another task's (``check_same_task``), no checkpoint from ``path`` back fits
-            the model, or ``config`` changes a data field (see ``resume_config_changes``).
+        ValueError: when no checkpoint from ``path`` back fits the model, or ``config`` changes a data field (see
+            ``resume_config_changes``). Another task's checkpoint is refused before: ``check_same_task``.
     """
     fitting, skipped = find_fitting(path, model)
     path = str(fitting)
     checkpoint = read_checkpoint(path)
-    check_same_task(checkpoint, config, path)
     restore(checkpoint, model, optimizer, scheduler, source=repr(path))
     progress = checkpoint.progress
     notices = [("resume: falling back", "\n".join(skipped))] if skipped else []
