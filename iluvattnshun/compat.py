@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 
 from iluvattnshun import checkpoint
-from iluvattnshun.prompter import Prompter
 
 if TYPE_CHECKING:
     import datasets
+
+    from iluvattnshun.prompter import Prompter  # not at run time: Prompter.make_dataset calls this module
 
 MODEL_NAMES: Mapping[str, str] = {"d_model": "dim_model", "n_heads": "num_heads", "n_layers": "num_layers"}
 """The model's original argument names and the current ones (the names of the command line and configs)."""
@@ -73,7 +74,7 @@ def load_checkpoint(
 
 
 def make_dataset(
-    prompter: Prompter[Any],
+    prompter: "Prompter[Any]",
     path: str | os.PathLike[str] | None = None,
     train_size: int | None = None,
     test_size: int | None = None,

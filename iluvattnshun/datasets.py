@@ -20,6 +20,8 @@ One concept, the on-disk cache: building, locking, verifying and reading it back
 layout, which nothing outside this module knows.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import hashlib
 import json
@@ -31,7 +33,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -42,7 +44,9 @@ from datasets.table import InMemoryTable
 from tqdm import tqdm
 
 from iluvattnshun.files import atomic_write, file_lock
-from iluvattnshun.prompter import TOKEN_COLUMNS, Prompter
+
+if TYPE_CHECKING:  # not imported at run time: the prompter's module reaches this one (Prompter.make_dataset)
+    from iluvattnshun.prompter import Prompter
 
 META_FILE = "iluvattnshun_dataset.json"
 """The file in a cached dataset that records its spec, sizes, files and leakage statistics."""
@@ -114,7 +118,7 @@ def make_dataset(
     problem = None
     if final.exists():
         try:
-            return _load_verified(final, spec, prompter.vocab_size)
+            return _load_verified(final, spec, prompter)
         except _CacheError as e:
             problem = e
     # One builder at a time per dataset: runs of a sweep started together wait for the first one's build.
@@ -122,7 +126,7 @@ def make_dataset(
         _remove_stale_temporaries(root)
         if final.exists():
             try:
-                return _load_verified(final, spec, prompter.vocab_size)
+                return _load_verified(final, spec, prompter)
             except _CacheError as e:
                 problem = e
         if problem is not None:
@@ -221,7 +225,7 @@ def _build_dataset(
                 pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C or a failed chunk, stop at once
                 raise
             pool.shutdown()
-    columns = _merge_chunk_schemas(chunks, name)
+    columns = _merge_chunk_schemas(chunks, name, prompter.TOKEN_COLUMNS)
     if config.dedup_test:
         in_train = _rows_in(_split_rows(chunks["train"], "prompt"), _split_rows(chunks["test"], "prompt"))
         if in_train.all():
@@ -242,7 +246,7 @@ def _build_dataset(
             )
         if spec["keep_strings"]:
             id_to_char = np.frombuffer(prompter.VOCAB.encode("ascii"), dtype=np.uint8)
-            for key in TOKEN_COLUMNS:
+            for key in prompter.TOKEN_COLUMNS:
                 texts = [id_to_char[c[key]].view(f"S{c[key].shape[1]}").ravel() for c in chunks[split]]
                 arrays[f"{key}_text"] = pa.chunked_array([pa.array(t).cast(pa.string()) for t in texts])
         table = InMemoryTable(pa.table(arrays))
@@ -413,10 +417,12 @@ def _split_rows(chunks: list[dict[str, np.ndarray]], key: str) -> _Rows:
     return _Rows([c[key] for c in chunks])
 
 
-def _merge_chunk_schemas(chunks: dict[str, list[dict[str, np.ndarray]]], name: str) -> list[str]:
+def _merge_chunk_schemas(
+    chunks: dict[str, list[dict[str, np.ndarray]]], name: str, token_columns: Sequence[str]
+) -> list[str]:
     """Make every chunk share column names, widths and dtypes (casting metadata to a common dtype)."""
     all_chunks = [c for split in _SPLITS for c in chunks[split]]
-    keys = [*TOKEN_COLUMNS, *sorted(k for k in all_chunks[0] if k not in TOKEN_COLUMNS)]
+    keys = [*token_columns, *sorted(k for k in all_chunks[0] if k not in token_columns)]
     for c in all_chunks:
         if sorted(c) != sorted(keys):
             raise ValueError(f"{name}.get_prompts returned different columns across calls: {keys} vs {sorted(c)}")
@@ -436,10 +442,10 @@ def _merge_chunk_schemas(chunks: dict[str, list[dict[str, np.ndarray]]], name: s
 # --- cache directory --------------------------------------------------------------------------------
 
 
-def _load_verified(directory: Path, spec: Mapping[str, Any], vocab_size: int) -> datasets.DatasetDict:
-    """``_load_checked``, and every token id within the vocabulary."""
+def _load_verified(directory: Path, spec: Mapping[str, Any], prompter: Prompter[Any]) -> datasets.DatasetDict:
+    """``_load_checked``, and every token id within the prompter's vocabulary."""
     dsd = _load_checked(directory, spec)
-    _check_tokens(dsd, vocab_size)
+    _check_tokens(dsd, prompter.TOKEN_COLUMNS, prompter.vocab_size)
     return dsd
 
 
@@ -482,11 +488,11 @@ def _file_record(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "xxh3": digest.hexdigest()}
 
 
-def _check_tokens(dsd: datasets.DatasetDict, vocab_size: int) -> None:
+def _check_tokens(dsd: datasets.DatasetDict, token_columns: Sequence[str], vocab_size: int) -> None:
     """Raise ``_CacheError`` when a token column holds an id outside the vocabulary."""
     for split in _SPLITS:
         table = dsd[split].data.table
-        for key in TOKEN_COLUMNS:
+        for key in token_columns:
             column = table.column(key)
             values = pc.list_flatten(column) if pa.types.is_fixed_size_list(column.type) else column
             top = pc.max(values).as_py()

@@ -121,6 +121,8 @@ class Prompter(ABC, Generic[C]):
     """Prompt character used to right-pad variable-length prompts (None: prompts have a fixed length)."""
     GENERATOR_VERSION: ClassVar[int] = 1
     """Part of the data hash: bump it when the generator changes."""
+    TOKEN_COLUMNS: ClassVar[tuple[str, ...]] = TOKEN_COLUMNS
+    """The token columns of its batches and datasets (the module's ``TOKEN_COLUMNS``)."""
     CHUNK_SIZE: ClassVar[int] = 4096
     """Examples per generation chunk; each chunk has its own seed, so output is independent of num_proc."""
 
