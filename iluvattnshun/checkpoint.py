@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -477,9 +478,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if os.path.getsize(path) == 0:
         raise ValueError(f"cannot load checkpoint {path!r}: the file is empty (0 bytes)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about a plain pickle's protocol before refusing it: the error below says it in one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         detail = _unpickler_detail(str(e))
+        protocol = _plain_pickle_protocol(path)
+        if protocol is not None:
+            raise ValueError(
+                f"cannot load checkpoint {path!r}: it is a plain Python pickle (protocol {protocol}), not a file "
+                f"torch.save wrote; weights-only loading refuses it ({detail})"
+            ) from e
         if "unsupported global" not in detail.lower():
             raise ValueError(f"cannot load checkpoint {path!r}: the file is truncated or corrupt ({detail})") from e
         raise ValueError(
@@ -492,6 +502,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds an object of type {type(state).__name__}, expected a dict")
     return state
+
+
+def _plain_pickle_protocol(path: str) -> int | None:
+    """The protocol of a pickle that ``torch.save`` did not write (its files are zip archives, or legacy pickles of
+    protocol 2), or None."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[1] if len(head) == 2 and head[:1] == pickle.PROTO and head[1] > 2 else None
 
 
 def _unpickler_detail(message: str) -> str:

@@ -1,6 +1,9 @@
 """Checkpoint files: the schema and its version, both call forms of load_checkpoint, clear errors for files of
 another kind, finding what to resume, retention, cleanup of half-written files."""
 
+import os
+import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,16 @@ def test_original_call_form_loads_into_the_model_and_optimizer(tmp_path: Path) -
     assert isinstance(load_checkpoint(ours), dict) and isinstance(load_checkpoint(ours, "cpu"), dict)
 
 
+class RunsCommand:
+    """Unpickled, it would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
 def test_files_of_another_kind_get_clear_errors(tmp_path: Path) -> None:
     torch.save(model(), tmp_path / "pickled.pt")
     with pytest.raises(ValueError, match="weights-only loading refuses.*: Unsupported global: GLOBAL "):
@@ -64,6 +77,15 @@ def test_files_of_another_kind_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"truncated or corrupt \(Unsupported operand") as noise:
         load_checkpoint(tmp_path / "noise.pt")
     assert "\n" not in str(noise.value) and "weights-only loading refuses" not in str(noise.value)
+    # A plain pickle whose loading would run a command: refused in one line, no torch warning, nothing run.
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps(RunsCommand(tmp_path / "MARK"), protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(
+            ValueError, match=r"it is a plain Python pickle \(protocol 4\), not a file torch.save wrote"
+        ):
+            load_checkpoint(tmp_path / "plain.pt")
+    assert not (tmp_path / "MARK").exists()
     torch.save({"foo": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="holds no model state dict"):
         load_checkpoint(tmp_path / "other.pt", model())
