@@ -104,6 +104,7 @@ def test_cpu_runs_split_the_cores_and_costs_balance_the_panes() -> None:
         (["num_layers=1", "num_layers=2"], "given twice"),
         (["run_name=a,b"], "run_name cannot be swept"),
         (["bad key=1"], "not a valid field name"),
+        (["lr=1e-3\n--bogus"], r"'1e-3\\n--bogus' holds a control character"),
     ],
 )
 def test_bad_grid_specs_are_rejected(specs: list[str], message: str) -> None:
@@ -188,6 +189,8 @@ def test_empty_grid_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[st
     argv = ["--cmd", dummy_cmd(tmp_path), "--overrides-file", str(tmp_path / "empty.txt"), "--dry-run"]
     assert "empty sweep" in error_of(argv, capsys)
     assert "empty value for 'num_layers'" in error_of(["--cmd", "x", "--grid", "num_layers=", "--dry-run"], capsys)
+    argv = ["--cmd", "x", "--grid", "num_layers=1", "--panes-per-window=0", "--dry-run", "--skip-validation"]
+    assert "--panes-per-window 0: must be >= 1" in error_of(argv, capsys)  # the dry run checks what launch checks
 
 
 def test_unknown_grid_key_is_relayed_from_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -512,13 +515,30 @@ def test_concurrent_runs_benchmark_launches_through_the_launcher_and_reports_the
 
 
 @pytest.mark.parametrize(
-    "content", ['{"runs": [{"index": "x"}]}', '{"launched_at": 1}', '{"runs": [{"index": 0}], "launched_at": "y"}']
+    "content, message",
+    [
+        ('{"runs": [{"index": "x"}]}', "is not a sweep record"),
+        ('{"launched_at": 1}', "is not a sweep record"),
+        ('{"runs": [{"index": 0}], "launched_at": "y"}', "is not a sweep record"),
+        ("{{", "is not JSON (a damaged sweep record)"),
+    ],
 )
-def test_a_sweep_record_that_is_not_one_stops_summarize_and_wait_with_one_line(tmp_path: Path, content: str) -> None:
+def test_a_sweep_record_that_is_not_one_stops_summarize_and_wait_with_one_line(
+    tmp_path: Path, content: str, message: str
+) -> None:
     rdir = sweep.record_dir(tmp_path, "s")
     rdir.mkdir(parents=True)
     (rdir / "sweep.json").write_text(content)
-    for command in (["summarize", str(tmp_path), "--prefix", "s"], ["wait", str(tmp_path), "--prefix", "s"]):
+    for command in (
+        ["summarize", str(tmp_path), "--prefix", "s"],
+        ["wait", str(tmp_path), "--prefix", "s"],
+        ["status", str(tmp_path), "--prefix", "s"],
+    ):
         proc = python_m("iluvattnshun.sweep", command, tmp_path, timeout=120)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-        assert proc.stderr.startswith("error: ") and "is not a sweep record" in proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, (command, proc.stderr)
+
+
+def test_wait_refuses_a_timeout_that_is_not_positive(tmp_path: Path) -> None:
+    proc = python_m("iluvattnshun.sweep", ["wait", str(tmp_path), "--timeout=-1"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == "error: --timeout -1.0: must be a number of seconds > 0\n"

@@ -13,7 +13,7 @@ from iluvattnshun.sweep.plan import read_overrides_file, validate_runs
 from iluvattnshun.sweep.progress import SweepProgress
 from iluvattnshun.sweep.record import read_record, record_dir, wait_for_runs
 from iluvattnshun.sweep.summary import format_table, load_sweep, summarize
-from iluvattnshun.sweep.tmux import PANES_PER_WINDOW, attach, launch
+from iluvattnshun.sweep.tmux import PANES_PER_WINDOW, attach, check_panes_per_window, launch
 
 DEFAULT_SESSION = "sweep"
 """Session name (and run-name prefix) when none is given."""
@@ -200,6 +200,7 @@ def _launch_main(args: argparse.Namespace) -> int:
     if given:
         raise SweepError(f"--{given[0].replace('_', '-')} is a SLURM option: add --backend=slurm")
     prefix = args.prefix or args.session
+    check_panes_per_window(args.panes_per_window)
     if not NAME_RE.match(args.session):
         raise SweepError(f"--session {args.session!r}: use letters, digits, '_' and '-' only")
     try:
@@ -282,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status_main(args)
         if args.command == "cancel":
             return _cancel_main(args)
+        if args.timeout is not None and not 0 < args.timeout < float("inf"):
+            raise SweepError(f"--timeout {args.timeout}: must be a number of seconds > 0")
         rdir = Path(args.status_dir) if args.status_dir else record_dir(args.logdir, args.prefix)
         record = read_record(rdir)
         indices = [int(r["index"]) for r in record["runs"]] if record else []

@@ -118,6 +118,9 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
         items = [v.strip() for v in values.split(",")]
         if not values.strip() or any(not v for v in items):
             raise SweepError(f"--grid {spec!r}: empty value for {key!r}; expected {key}=V1,V2,...")
+        unprintable = next((v for v in items if not v.isprintable()), None)
+        if unprintable is not None:
+            raise SweepError(f"--grid {key}: the value {unprintable[:60]!r} holds a control character (a newline?)")
         repeated = sorted({v for v in items if items.count(v) > 1})
         if repeated:
             raise SweepError(f"--grid {spec!r}: {key}={', '.join(repeated)} is listed twice (identical runs)")
@@ -312,7 +315,7 @@ def validate_runs(cmd: str, runs: Sequence[Run], extra: Sequence[str] = (), cwd:
     if failed:
         run, rc, out, err = failed[0]
         message = (last_line(err) or last_line(out) or f"exit status {rc}").removeprefix("error: ")
-        what = " ".join(run.args(extra)[:-1]) or "(no overrides)"
+        what = " ".join(a if a.isprintable() else repr(a) for a in run.args(extra)[:-1]) or "(no overrides)"
         more = f" (and {len(failed) - 1} more runs failed)" if len(failed) > 1 else ""
         hint = "" if rc == 2 else f" (exit {rc}; a command without --print_config needs --skip-validation)"
         raise SweepError(f"run {run.index} ({what}) rejected before launch: {message}{hint}{more}")

@@ -43,16 +43,21 @@ def status_path(rdir: Path, index: int) -> Path:
 
 
 def read_record(rdir: Path) -> dict[str, Any] | None:
-    """The ``sweep.json`` in ``rdir``, or None when there is none (or it is unreadable).
+    """The ``sweep.json`` in ``rdir``, or None when there is none.
 
     Raises:
-        SweepError: when it is JSON but not a sweep record (its runs and their integer indices, a numeric launch time).
+        SweepError: when it cannot be read, is not JSON, or is not a sweep record (its runs and their integer
+            indices, a numeric launch time). It is written atomically: a damaged one is not a sweep in progress.
     """
     path = rdir / "sweep.json"
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise SweepError(f"{path}: cannot read the sweep record ({e.strerror})") from None
+    except ValueError:
+        raise SweepError(f"{path} is not JSON (a damaged sweep record); remove it and relaunch the sweep") from None
     runs = record.get("runs") if isinstance(record, dict) else None
     if (
         not isinstance(runs, list)

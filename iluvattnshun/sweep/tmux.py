@@ -105,6 +105,12 @@ def create_session(session: str, scripts: Sequence[Path], titles: Sequence[str],
     return len(windows)
 
 
+def check_panes_per_window(panes_per_window: int) -> None:
+    """Raises ``SweepError`` unless a tmux window can hold ``panes_per_window`` panes (at least one)."""
+    if panes_per_window < 1:
+        raise SweepError(f"--panes-per-window {panes_per_window}: must be >= 1")
+
+
 def launch(
     cmd: str,
     runs: Sequence[Run],
@@ -143,8 +149,7 @@ def launch(
         raise SweepError("empty sweep: no runs")
     if not NAME_RE.match(session):
         raise SweepError(f"--session {session!r}: use letters, digits, '_' and '-' only (tmux reserves '.' and ':')")
-    if panes_per_window < 1:
-        raise SweepError(f"--panes-per-window {panes_per_window}: must be >= 1")
+    check_panes_per_window(panes_per_window)
     tmux_path()
     if session_exists(session) and not replace:
         raise SweepError(
