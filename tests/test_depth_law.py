@@ -169,6 +169,10 @@ def test_bad_settings_and_folders_stop_with_one_line(tmp_path: Path) -> None:
         (["--results_only", f"--out={tmp_path / 'null'}"], "holds no experiment record"),
         (["--results_only", f"--out={tmp_path / 'list'}"], "holds no experiment record"),
         (["--results_only", f"--out={tmp_path / 'dir'}"], "is unreadable"),
+        (["--dry_run", "--out=/proc/iluvattnshun/law"], "out: cannot write to"),
+        (["--dry_run", "--eval_renames=100000000", f"--out={tmp_path / 'a'}"], "eval_renames must be in 0..10,000"),
+        (["--dry_run", "--eval_prompts=100000000000", f"--out={tmp_path / 'a'}"], "eval_prompts: 100,000,000,000 test"),
+        (["--dry_run", "--backend=slurm", "--slurm=--time=1 x", f"--out={tmp_path / 'a'}"], "slurm: "),
     ]
     for args, expected in cases:
         proc = depth_law(args, tmp_path)

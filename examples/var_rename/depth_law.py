@@ -34,7 +34,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from examples.var_rename.task import VarRenamePrompter
+from examples.var_rename.task import PRESETS, VarRenamePrompter
 from iluvattnshun import load_run, rundir
 from iluvattnshun.config import Config, parse_config
 from iluvattnshun.files import atomic_write, check_writable
@@ -44,7 +44,7 @@ from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.plan import NAME_RE, default_gpus, validate_runs
 from iluvattnshun.sweep.progress import SweepProgress
 from iluvattnshun.sweep.tmux import session_exists, tmux_path
-from iluvattnshun.task import depth_reach
+from iluvattnshun.task import depth_reach, device_memory_bytes
 from iluvattnshun.viz import accuracy_per_depth_fig, save_html
 
 PREFIX = "law"
@@ -89,6 +89,16 @@ PAPER_LAW = {
     (5, 1): "18",
 }
 """The original study's depth reach at 90% read off its figure, by (layers, heads), after 8 days on GPUs."""
+
+MAX_EVAL_RENAMES = 10_000
+"""Longest test prompts (40,000 tokens): scored one at a time at the least, each must fit in memory with the model."""
+
+EVAL_BATCH_TOKENS = 100 * 256
+"""Tokens a scoring batch holds: 100 prompts of the depth recipe's 64 renames, fewer of longer ones."""
+
+EVAL_BYTES_PER_TOKEN = 10
+"""What the test set costs in memory while it is drawn and scored (prompt, answer and depth columns, the draw's
+statement words), per token, rounded up."""
 
 
 @dataclass(kw_only=True)
@@ -135,8 +145,17 @@ class DepthLawConfig(Config):
         super().validate()
         if self.eval_prompts < 1:
             raise ValueError(f"eval_prompts must be >= 1, got {self.eval_prompts}")
-        if self.eval_renames < 0:
-            raise ValueError(f"eval_renames must be >= 0, got {self.eval_renames}")
+        if not 0 <= self.eval_renames <= MAX_EVAL_RENAMES:
+            raise ValueError(
+                f"eval_renames must be in 0..{MAX_EVAL_RENAMES:,} (0: the training length), got {self.eval_renames}"
+            )
+        renames = self.eval_renames or PRESETS["depth" if self.scale == "cpu" else "paper"]().num_renames
+        need, host = self.eval_prompts * 4 * renames * EVAL_BYTES_PER_TOKEN, device_memory_bytes(torch.device("cpu"))
+        if host is not None and need > host:
+            raise ValueError(
+                f"eval_prompts: {self.eval_prompts:,} test prompts of {renames:,} renames need about "
+                f"{need / 2**30:,.1f} GiB while they are scored, more than the {host / 2**30:,.1f} GiB of this machine"
+            )
         if not 0 < self.budget < float("inf"):
             raise ValueError(f"budget must be a finite number > 0, got {self.budget}")
         try:
@@ -302,10 +321,11 @@ def score(model: torch.nn.Module, prompter: VarRenamePrompter, config: DepthLawC
     device = next(model.parameters()).device
     hits = np.zeros(renames, dtype=np.int64)
     counts = np.zeros(renames, dtype=np.int64)
-    for start in range(0, config.eval_prompts, 100):
-        prompt = torch.as_tensor(cols["prompt"][start : start + 100].astype(np.int64), device=device)
+    rows = max(1, EVAL_BATCH_TOKENS // cols["prompt"].shape[1])
+    for start in range(0, config.eval_prompts, rows):
+        prompt = torch.as_tensor(cols["prompt"][start : start + rows].astype(np.int64), device=device)
         preds = model(prompt).logits.argmax(-1).cpu().numpy()  # (B, T)
-        answer, depth = cols["answer"][start : start + 100], cols["depth"][start : start + 100]
+        answer, depth = cols["answer"][start : start + rows], cols["depth"][start : start + rows]
         target = answer != prompter.mask_token
         np.add.at(counts, depth[target], 1)
         np.add.at(hits, depth[target & (preds == answer)], 1)
@@ -470,11 +490,14 @@ def run_experiment(config: DepthLawConfig) -> None:
         if config.backend == "tmux":
             tmux_path()  # a clear message when tmux is missing, before anything is written
         else:
-            slurm.parse_options(config.slurm)  # bad SLURM options stop here, before anything is written
+            try:
+                slurm.parse_options(config.slurm)  # bad SLURM options stop here, before anything is written
+            except SweepError as e:
+                raise ValueError(f"slurm: {e}") from None
+        check_writable(out, "out")  # leaves nothing behind: the dry run checks it too
         if config.dry_run:
             launch_grid(config, g, logdir, resuming)
             return
-        check_writable(out, "out")
         if grid_running(config, logdir):
             print(f"the grid is running ({config.backend}): waiting for it")
         else:
