@@ -104,7 +104,13 @@ def training_step_memory(
     Per token: ``ACTIVATIONS_PER_LAYER * dim_model`` values per layer, the float32 logits and their log-softmax
     (``2 * vocab_size * 4`` bytes) and the int64 prompt and answer ids (16 bytes).
     """
-    with torch.device("meta"):  # the real parameter count, without allocating a parameter
-        params = sum(p.numel() for p in build_model(vocab_size, config).parameters())
+
+    def parameters(num_layers: int) -> int:
+        with torch.device("meta"):  # the real count, without allocating a parameter
+            model = MultilayerTransformer(vocab_size, **{**config.model_kwargs(), "num_layers": num_layers})
+        return sum(p.numel() for p in model.parameters())
+
+    one, two = parameters(1), parameters(2)
+    params = one + (config.num_layers - 1) * (two - one)  # layers are alike: any depth is counted at once
     per_token = config.num_layers * ACTIVATIONS_PER_LAYER * config.dim_model * bytes_per_value + 8 * vocab_size + 16
     return StepMemory(state=16 * params, activations=batch_size * seq_len * per_token)

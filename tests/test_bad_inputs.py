@@ -122,10 +122,12 @@ CASES = [
     Case("streamed batch beyond memory", lambda d: [*tiny(d), "--streaming", "--batch_size=1000000000"], "batch_size: a training step on 1,000,000,000 sequences of 32 tokens needs at least"),
     Case("prompts beyond memory", lambda d: [*tiny(d), "--num_renames=1000000", "--batch_size=64"], "batch_size: a training step on 64 sequences of 4,000,000 tokens"),
     Case("model beyond memory", lambda d: [*without(tiny(d), "dim_model"), "--dim_model=1000000"], "dim_model: the model's parameters"),
+    Case("model too deep for memory", lambda d: [*without(tiny(d), "num_layers"), "--num_layers=100000000"], "the model's parameters"),
     Case("cached split beyond memory", lambda d: [*without(tiny(d), "train_size"), "--train_size=100000000000"], "train_size: the cached train split"),
     Case("streamed run with a test split beyond memory", lambda d: [*without(tiny(d), "test_size"), "--streaming", "--test_size=100000000000"], "test_size: the cached test split"),
     Case("step's micro-batches beyond memory", lambda d: [*tiny(d), "--streaming", "--grad_accum_steps=1000000000"], "grad_accum_steps: an optimizer step holds its 1,000,000,000 micro-batches"),
     Case("shakespeare batch beyond memory", lambda d: [*shakespeare(d), "--batch_size=1000000000"], "batch_size: a training step on 1,000,000,000 sequences", task="shakespeare"),
+    Case("text path is a directory", lambda d: [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={d}"], "is a directory, not a text file", task="shakespeare"),
     Case("binary text file", lambda d: [f"--tensorboard_logdir={d / 'logs'}", f"--data_path={d / 'bin.txt'}"], "bin.txt is not UTF-8", task="shakespeare", prepare=lambda d: (d / "bin.txt").write_bytes(bytes(range(256)) * 20)),
 ]  # fmt: skip
 
