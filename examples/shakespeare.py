@@ -147,8 +147,9 @@ def ensure_text(path: str) -> str:
     """The text at ``path``; the default path is downloaded first if missing (with a progress bar)."""
     file = Path(path)
     if not file.is_file():
-        if path != DEFAULT_PATH:
-            raise FileNotFoundError(f"--data_path={path!r}: no such file")
+        if path != DEFAULT_PATH or file.exists():
+            what = "is a directory, not a text file" if file.is_dir() else "no such file"
+            raise FileNotFoundError(f"--data_path={path!r}: {what}")
 
         def download(out: IO[bytes]) -> None:
             with urllib.request.urlopen(DATA_URL, timeout=30) as response:

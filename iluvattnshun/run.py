@@ -250,7 +250,8 @@ def load_run(
     """
     run = rundir.RunDir(Path(run_dir))
     if not run.path.is_dir():
-        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+        what = "is a file, not a run directory" if run.path.exists() else "does not exist"
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} {what}")
     path = _find_checkpoint(run, checkpoint)
     ckpt = read_checkpoint(path, map_location=device)
     classes = ckpt.classes

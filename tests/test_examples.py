@@ -136,6 +136,18 @@ def test_load_run_never_imports_code_a_checkpoint_names_from_run_folders_or_made
     assert proc.returncode == 0, proc.stderr[-1500:]
 
 
+def test_load_run_names_what_the_path_is(tmp_path: Path) -> None:
+    from iluvattnshun import load_run
+
+    with pytest.raises(FileNotFoundError, match="'.*nope' does not exist"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(FileNotFoundError, match="'.*f' is a file, not a run directory"):
+        load_run(tmp_path / "f")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        load_run(tmp_path)
+
+
 @pytest.mark.parametrize("task", ["var_rename", "var_eval", "dag"])
 def test_synthetic_example_trains_evaluates_checkpoints_and_reloads(tmp_path: Path, task: str) -> None:
     proc = run_module(f"examples.{task}", [*tiny_args(tmp_path), "--log_attention_maps"], cwd=tmp_path)
