@@ -176,3 +176,13 @@ def test_plateau_variants_change_the_earlier_recipe_in_one_place_and_train() -> 
     assert bp.config_of("qk_norm") == dataclasses.replace(baseline, qk_norm=True)
     result = bp.run_one("qk_norm", seed=0, max_steps=4, eval_every=2, eval_prompts=20, num_layers=1)
     assert result["steps"] == 4 and len(result["acc"]) == 6 and 0.0 <= result["acc"][0] <= 1.0
+
+
+def test_long_step_bench_trains_the_depth_model_and_sorts_its_profile() -> None:
+    from bench import bench_long_step as bl
+
+    tokens, step = bl.batch_and_step(renames=8, rows=4)
+    assert tokens == 4 * 32  # 8 renames of 4 characters
+    shares = bl.profile_kinds(step, steps=1)
+    assert {"attention", "matmul", "GELU"} <= set(shares) and sum(shares.values()) == pytest.approx(1.0)
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
