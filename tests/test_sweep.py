@@ -542,3 +542,12 @@ def test_a_sweep_record_that_is_not_one_stops_summarize_and_wait_with_one_line(
 def test_wait_refuses_a_timeout_that_is_not_positive(tmp_path: Path) -> None:
     proc = python_m("iluvattnshun.sweep", ["wait", str(tmp_path), "--timeout=-1"], tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr == "error: --timeout -1.0: must be a number of seconds > 0\n"
+
+
+def test_summarize_refuses_an_output_it_cannot_write_before_reading_runs(tmp_path: Path) -> None:
+    for flag, expected in (
+        ("--csv=/proc/iluvattnshun/x.csv", "--csv: cannot write to"),
+        (f"--html={tmp_path}", "is a directory"),
+    ):
+        proc = python_m("iluvattnshun.sweep", ["summarize", str(tmp_path), flag], tmp_path, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from iluvattnshun import rundir
-from iluvattnshun.files import atomic_write
+from iluvattnshun.files import atomic_write, check_writable
 from iluvattnshun.sweep.plan import SweepError
 from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.record import read_record, read_status, record_dir
@@ -473,6 +473,14 @@ def summarize(
     """
     if by not in ("best", "final"):
         raise SweepError(f"--by {by!r}: expected 'best' or 'final'")
+    for flag, out in (("--csv", csv_path), ("--html", html_path)):
+        if out is not None:
+            if Path(out).is_dir():
+                raise SweepError(f"{flag} {str(out)!r} is a directory; give a file name")
+            try:
+                check_writable(Path(out).parent, flag)  # before the events are read: nothing is lost to a bad path
+            except ValueError as e:
+                raise SweepError(str(e)) from None
     results, older = load_sweep(logdir, prefix, status_dir)
     for r in results:
         for path in r.unreadable:
