@@ -173,6 +173,7 @@ def test_bad_settings_and_folders_stop_with_one_line(tmp_path: Path) -> None:
         (["--dry_run", "--eval_renames=100000000", f"--out={tmp_path / 'a'}"], "eval_renames must be in 0..10,000"),
         (["--dry_run", "--eval_prompts=100000000000", f"--out={tmp_path / 'a'}"], "eval_prompts: 100,000,000,000 test"),
         (["--dry_run", "--backend=slurm", "--slurm=--time=1 x", f"--out={tmp_path / 'a'}"], "slurm: "),
+        (["--dry_run", "--backend=slurm", "--gpus=0", f"--out={tmp_path / 'a'}"], "gpus: on SLURM each run gets"),
     ]
     for args, expected in cases:
         proc = depth_law(args, tmp_path)

@@ -233,6 +233,29 @@ def test_grid_through_slurm_matches_the_same_grid_through_tmux(
 @requires_cluster
 @pytest.mark.slurm
 @pytest.mark.slow
+def test_depth_law_paper_grid_through_slurm_writes_its_results(tmp_path: Path) -> None:
+    """``depth_law --scale=paper --backend=slurm`` at toy size (2 layers x 1-2 heads): one job array, then results."""
+    toy = (
+        "--extra=--dim_model=16 --num_renames=12 --train_size=256 --test_size=64 --max_steps=10 --num_epochs=-1 "
+        f"--warmup_steps=2 --eval_every_n_samples=none --device=cpu --dataset_path={tmp_path / 'data'}"
+    )
+    out = tmp_path / "p"
+    args = ["--scale=paper", "--backend=slurm", "--slurm=--time=10", "--layers=2", "--seeds=1", "--eval_prompts=40"]
+    command = [sys.executable, "-m", "examples.var_rename.depth_law", *args, f"--out={out}", toy]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "submitted 2 runs to SLURM" in proc.stdout and "statuses {0: 0, 1: 0}" in proc.stdout
+    rows = list(csv.DictReader((out / "accuracy_per_depth.csv").open()))
+    assert {(r["num_layers"], r["num_heads"]) for r in rows} == {("2", "1"), ("2", "2")}
+    assert "| 2L2H | 1 | 0.25 |" in (out / "results.md").read_text()  # 4 chains: chance 0.25
+    record = sweep.read_record(sweep.record_dir(out / "runs", "law"))
+    assert record is not None and slurm.is_slurm(record)
+
+
+@requires_cluster
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_cancelled_runs_are_shown_cancelled_never_finished(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A running run and a pending one, cancelled: the running one saved and stopped, both say cancelled."""
     logdir = tmp_path / "logs"

@@ -200,8 +200,12 @@ def seed_flags(seed: int) -> tuple[Override, ...]:
 def grid(config: DepthLawConfig) -> Grid:
     """The grid of the config's scale, seeds innermost-first. Raises ``ValueError`` when the machine cannot run it."""
     extra = tuple(shlex.split(config.extra))
-    if config.gpus == "cpu":
-        gpus: tuple[str, ...] = ()
+    if config.backend == "slurm":
+        if config.gpus not in ("auto", "cpu"):
+            raise ValueError("gpus: on SLURM each run gets its GPUs from the scheduler: --slurm='--gpus-per-run=1'")
+        gpus: tuple[str, ...] = ()  # the login node's own GPUs (usually none) are not where the runs go
+    elif config.gpus == "cpu":
+        gpus = ()
     elif config.gpus == "auto":
         gpus = tuple(default_gpus()) if config.scale == "paper" else ()
     else:
@@ -218,7 +222,7 @@ def grid(config: DepthLawConfig) -> Grid:
         # One run per core; a run's cost is about its steps x layers: balance the panes by it.
         costs = tuple(float(n * s) for seed in seeds for n, s in steps.items())
         return Grid(("--preset=depth", *extra), runs, gpus, None if gpus else costs)
-    if not gpus and config.gpus == "auto":
+    if not gpus and config.gpus == "auto" and config.backend == "tmux":
         raise ValueError("scale: --scale=paper trains 8 models for days on GPUs, and no GPU is visible here")
     runs = tuple(
         (("num_layers", str(n)), ("num_heads", str(h)), *seed_flags(seed))
