@@ -9,8 +9,10 @@ answers). ``examples/README.md`` reads the quick preset's run with it.
 """
 
 import argparse
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -18,6 +20,12 @@ import torch.nn as nn
 
 from examples.var_eval import VarEvalPrompter
 from iluvattnshun import load_run
+
+BATCH = 500
+"""Prompts per forward pass."""
+
+MAX_PROMPTS = 1_000_000
+"""Most prompts one report draws (they are held in memory together)."""
 
 
 @dataclass
@@ -49,11 +57,16 @@ class LookupReport:
 def lookup_report(
     model: nn.Module, prompter: VarEvalPrompter, num_prompts: int = 1500, seed: int = 123
 ) -> LookupReport:
-    """Evaluate ``model`` on ``num_prompts`` fresh prompts (batched) and split its depth-1/2 answers."""
+    """Evaluate ``model`` on ``num_prompts`` fresh prompts (in batches of ``BATCH``) and split its depth-1/2 answers."""
     cols = prompter.get_prompts(np.random.default_rng(seed), num_prompts)
     tokens = cols["prompt"].astype(np.int64)
     device = next(model.parameters()).device
-    pred = model(torch.from_numpy(tokens).to(device)).logits.argmax(-1).cpu().numpy()
+    pred = np.concatenate(
+        [
+            model(torch.from_numpy(tokens[start : start + BATCH]).to(device)).logits.argmax(-1).cpu().numpy()
+            for start in range(0, len(tokens), BATCH)
+        ]
+    )
     hits: dict[tuple[int, int], int] = defaultdict(int)
     counts: dict[tuple[int, int], int] = defaultdict(int)
     previous_value: dict[int, int] = defaultdict(int)
@@ -78,13 +91,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=1500, help="fresh prompts to evaluate")
     parser.add_argument("--checkpoint", default="latest", help="checkpoint step, or latest")
     args = parser.parse_args(argv)
+    if not 1 <= args.prompts <= MAX_PROMPTS:
+        fail(f"--prompts must be in 1..{MAX_PROMPTS:,}, got {args.prompts}")
     try:
         run = load_run(args.run_dir, checkpoint=args.checkpoint)
-    except (FileNotFoundError, ImportError) as e:
-        parser.error(str(e))
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        fail(f"run_dir: {e}")
     if not isinstance(run.prompter, VarEvalPrompter):
-        parser.error(f"{args.run_dir} is not a var_eval run (its prompter is {type(run.prompter).__name__})")
+        fail(f"run_dir: {args.run_dir} is not a var_eval run (its prompter is {type(run.prompter).__name__})")
     print(lookup_report(run.model, run.prompter, args.prompts).format())
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2, as every command of the project stops on bad input."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,10 @@ def test_command_prints_the_table_of_a_run_and_refuses_a_bad_run_dir(tmp_path: P
     assert lines[9] == "| depth | statements 0-15 |" and lines[11].startswith("| 0 | ")
     bad = run_module("examples.var_rename.mechanism", [str(tmp_path / "nope")], cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: run_dir:") and len(bad.stderr.splitlines()) == 1
+    for args in (["--renames=100000000"], ["--prompts=1000000000000"]):  # attention maps or prompts beyond memory
+        big = run_module("examples.var_rename.mechanism", [str(run_dir), *args], cwd=tmp_path)
+        assert big.returncode == 2 and big.stderr.startswith("error: --renames / --prompts: "), big.stderr[-2000:]
+        assert len(big.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("args", [["--prompts=0"], ["--renames=-1"]])

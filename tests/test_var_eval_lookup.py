@@ -69,5 +69,13 @@ def test_cli_reads_a_trained_run(tmp_path: Path) -> None:
     proc = run_module("examples.var_eval_lookup", [str(run_dir), "--prompts=50"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("depth  bound") and "previous" in proc.stdout
-    proc = run_module("examples.var_eval_lookup", [str(tmp_path / "missing")], cwd=tmp_path)
-    assert proc.returncode == 2 and "missing" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "ckpt_00000001.pt").write_text("junk")
+    for args, expected in (
+        ([str(tmp_path / "missing")], "error: run_dir: run directory"),
+        ([str(tmp_path / "junk")], "error: run_dir: cannot load checkpoint"),
+        ([str(run_dir), "--prompts=0"], "error: --prompts must be in 1..1,000,000"),
+    ):
+        proc = run_module("examples.var_eval_lookup", args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.startswith(expected), proc.stderr[-2000:]
+        assert len(proc.stderr.splitlines()) == 1

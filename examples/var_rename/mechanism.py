@@ -32,6 +32,11 @@ import torch
 from examples.var_rename.task import VarRenamePrompter
 from iluvattnshun import load_run
 from iluvattnshun.nn import MultilayerTransformer
+from iluvattnshun.task import device_memory_bytes
+
+HOP_BATCH = 50
+"""Prompts per forward pass of ``hop_spans``."""
+
 
 BINS = ("this statement", "span 1", "span 2", "span 3-4", "span 5-8", "span 9-16", "span 17+", "other chain")
 """Where a query's attention goes; span bins double in width (hop spans past 16 share one bin)."""
@@ -70,7 +75,7 @@ def bin_of_span(span: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def hop_spans(model: MultilayerTransformer, cols: dict[str, np.ndarray], mask: int, batch: int = 50) -> HopSpans:
+def hop_spans(model: MultilayerTransformer, cols: dict[str, np.ndarray], mask: int, batch: int = HOP_BATCH) -> HopSpans:
     """Each head's attention from the statements of depth >= 1, by hop span (see the module's docstring).
 
     Args:
@@ -187,6 +192,14 @@ def table(spans: HopSpans) -> list[str]:
     return rows
 
 
+def memory_needed(layers: int, heads: int, prompts: int, renames: int) -> int:
+    """Bytes the report takes at least: the test prompts (about 10 bytes a token), and per batch of ``HOP_BATCH``
+    prompts every layer's (heads, T, T) float32 attention maps and ``hop_spans``' (queries, T) arrays."""
+    T = 4 * renames
+    batch = min(prompts, HOP_BATCH)
+    return prompts * T * 10 + batch * T * (layers * heads * T * 4 + renames * 8 * 6)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a var_rename run directory")
@@ -207,9 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: run_dir: {args.run_dir!r} is not a var_rename run", file=sys.stderr)
         return 2
     task = loaded.prompter.config
+    renames = args.renames or task.num_renames
+    need, host = memory_needed(task.num_layers, task.num_heads, args.prompts, renames), device_memory_bytes(
+        torch.device("cpu")
+    )
+    if host is not None and need > host:
+        print(
+            f"error: --renames / --prompts: {args.prompts:,} prompts of {renames:,} renames need about "
+            f"{need / 2**30:,.1f} GiB (attention maps of {HOP_BATCH} prompts at a time), more than the "
+            f"{host / 2**30:,.1f} GiB of this machine",
+            file=sys.stderr,
+        )
+        return 2
     test = dataclasses.replace(
         task,
-        num_renames=args.renames or task.num_renames,
+        num_renames=renames,
         min_renames=0,
         bind_first=args.layout == "bind_first",
         mix_layouts=False,
