@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from examples.var_eval import VarEvalPrompter
 from iluvattnshun import load_run
+from iluvattnshun.cli import CommandParser
 
 BATCH = 500
 """Prompts per forward pass."""
@@ -86,7 +87,7 @@ def lookup_report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a var_eval run directory (logs/var_eval/run_<N>_<name>)")
     parser.add_argument("--prompts", type=int, default=1500, help="fresh prompts to evaluate")
     parser.add_argument("--checkpoint", default="latest", help="checkpoint step, or latest")

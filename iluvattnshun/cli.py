@@ -5,6 +5,7 @@
 save and stop the run at the next step.
 """
 
+import argparse
 import contextlib
 import os
 import signal
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import types
-from typing import Any, Callable, Iterator, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Protocol, TypeVar
 
 from iluvattnshun.config import parse_config, unparsed_options
 
@@ -26,6 +27,15 @@ under ``nohup``)."""
 ABORT_AFTER_S = 3.0
 """A second Ctrl-C aborts without saving only this many seconds after the first: a quick double press (the usual
 reflex) still saves, and a step that hangs can still be left."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse`` for the project's other commands (sweeps, the LLM kit, the analysis tools): a missing or bad
+    argument stops with one ``error: ...`` line and exit status 2, as the training commands do; ``--help`` shows the
+    usage. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {' '.join(message.split())}; see --help\n")
 
 
 class ConfigError(ValueError):

@@ -329,3 +329,23 @@ def test_investigate_notebook_runs_headless(tmp_path: Path) -> None:
     assert "prompt:" in outputs and "answer:" in outputs
     assert "rows: layer whose output is patched" in outputs
     assert "ablated (rows: layer, columns: head)" in outputs and "layer 1: mean span" in outputs
+
+
+@pytest.mark.parametrize(
+    "module, args, names",
+    [
+        ("iluvattnshun.sweep", ["summarize"], "logdir"),
+        ("iluvattnshun.sweep", ["launch", "--cmd=x", "--grid", "lr=1", "--gpus=a,b"], "'a' is not a GPU index"),
+        ("examples.var_rename.llm", ["export"], "--out"),
+        ("examples.var_rename.llm", ["score", "--min_questions=x", "a", "b"], "--min_questions: invalid int"),
+        ("examples.var_rename.mechanism", [], "run_dir"),
+        ("examples.var_eval_lookup", ["--prompts=x"], "--prompts: invalid int"),
+    ],
+)
+def test_other_commands_stop_on_a_bad_argument_with_one_line(
+    tmp_path: Path, module: str, args: list[str], names: str
+) -> None:
+    # argparse's own errors (a missing argument, a value of the wrong type) as the training commands give them.
+    proc = run_module(module, args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and names in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not proc.stdout

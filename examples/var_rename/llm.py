@@ -11,7 +11,6 @@ wrong), prints accuracy per depth and the depth reach at 90% and 99%, the metric
 run the model.
 """
 
-import argparse
 import hashlib
 import json
 import re
@@ -23,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from examples.var_rename.task import VarRenameConfig, VarRenamePrompter
+from iluvattnshun.cli import CommandParser
 from iluvattnshun.files import atomic_write, check_writable
 from iluvattnshun.task import depth_reach
 
@@ -233,7 +233,7 @@ def score(prompts: Sequence[dict[str, Any]], answers: Sequence[dict[str, Any]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m examples.var_rename.llm", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m examples.var_rename.llm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write the questions as JSONL")
     e.add_argument("--out", required=True, help="the JSONL file to write")

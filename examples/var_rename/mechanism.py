@@ -31,6 +31,7 @@ import torch
 
 from examples.var_rename.task import VarRenamePrompter
 from iluvattnshun import load_run
+from iluvattnshun.cli import CommandParser
 from iluvattnshun.nn import MultilayerTransformer
 from iluvattnshun.task import device_memory_bytes
 
@@ -201,7 +202,7 @@ def memory_needed(layers: int, heads: int, prompts: int, renames: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a var_rename run directory")
     parser.add_argument("--prompts", type=int, default=200, help="test prompts (fresh, seed --seed)")
     parser.add_argument("--renames", type=int, default=0, help="renames per prompt (0: the run's num_renames)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from iluvattnshun.cli import CommandParser
 from iluvattnshun.sweep import slurm
 from iluvattnshun.sweep.plan import NAME_RE, SweepError, expand, panes, parse_gpus, parse_grid, plan_runs
 from iluvattnshun.sweep.plan import read_overrides_file, validate_runs
@@ -20,7 +21,7 @@ DEFAULT_SESSION = "sweep"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m iluvattnshun.sweep",
         description="Launch a hyperparameter grid in tmux (one pane per run) or as a SLURM job array (one task per"
         " run) and summarize its results.",

@@ -22,6 +22,8 @@ runs of one thread each rather than fewer runs of several threads; bench/RESULTS
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 """Session names and run-name prefixes."""
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_GPU_ID_RE = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z-]+)$")
+"""What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG UUID."""
 
 MAX_OVERRIDES_BYTES = 1 << 20
 """The largest ``--overrides-file`` read (a line per run)."""
@@ -187,6 +189,11 @@ def parse_gpus(spec: str | None) -> list[str]:
         raise SweepError(f"--gpus {spec!r}: empty GPU id; expected e.g. --gpus 0,1,2,3 (or --gpus none)")
     if len(set(gpus)) != len(gpus):
         raise SweepError(f"--gpus {spec!r}: a GPU is listed twice; use --max-parallel to run several per GPU")
+    bad = next((g for g in gpus if not _GPU_ID_RE.match(g)), None)
+    if bad is not None:
+        raise SweepError(
+            f"--gpus {spec[:80]!r}: {bad[:40]!r} is not a GPU index or UUID (e.g. --gpus 0,1 or GPU-<uuid>)"
+        )
     return gpus
 
 
