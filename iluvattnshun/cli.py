@@ -2,7 +2,8 @@
 
 ``run_from_command_line`` parses a config, runs a trainer and turns its outcome into one line and an exit status;
 ``StopSignals`` is what the training loop installs so that SIGINT / SIGTERM (and a cluster's SIGUSR1 / SIGUSR2)
-save and stop the run at the next step.
+save and stop the run at the next step. ``CommandParser`` gives the other commands (sweeps, the LLM kit, the
+analysis tools) the same one-line errors for a missing or mistyped argument.
 """
 
 import argparse
