@@ -12,7 +12,6 @@ import argparse
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -86,28 +85,27 @@ def lookup_report(
     return LookupReport(dict(hits), dict(counts), dict(previous_value))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a var_eval run directory (logs/var_eval/run_<N>_<name>)")
     parser.add_argument("--prompts", type=int, default=1500, help="fresh prompts to evaluate")
     parser.add_argument("--checkpoint", default="latest", help="checkpoint step, or latest")
     args = parser.parse_args(argv)
     if not 1 <= args.prompts <= MAX_PROMPTS:
-        fail(f"--prompts must be in 1..{MAX_PROMPTS:,}, got {args.prompts}")
+        print(f"error: --prompts must be in 1..{MAX_PROMPTS:,}, got {args.prompts}", file=sys.stderr)
+        return 2
     try:
         run = load_run(args.run_dir, checkpoint=args.checkpoint)
     except (FileNotFoundError, ImportError, ValueError) as e:
-        fail(f"run_dir: {e}")
+        print(f"error: run_dir: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if not isinstance(run.prompter, VarEvalPrompter):
-        fail(f"run_dir: {args.run_dir} is not a var_eval run (its prompter is {type(run.prompter).__name__})")
+        name = type(run.prompter).__name__
+        print(f"error: run_dir: {args.run_dir} is not a var_eval run (its prompter is {name})", file=sys.stderr)
+        return 2
     print(lookup_report(run.model, run.prompter, args.prompts).format())
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr and exit status 2, as every command of the project stops on bad input."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    raise SystemExit(2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
