@@ -13,7 +13,7 @@ README.md's "Coming from the original code" lists them (with the task configs' o
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,9 @@ from iluvattnshun import checkpoint
 if TYPE_CHECKING:
     import datasets
 
-    from iluvattnshun.prompter import Prompter  # not at run time: Prompter.make_dataset calls this module
+    from iluvattnshun.datasets import DataSource
+
+    S = TypeVar("S", bound=DataSource)
 
 MODEL_NAMES: Mapping[str, str] = {"d_model": "dim_model", "n_heads": "num_heads", "n_layers": "num_layers"}
 """The model's original argument names and the current ones (the names of the command line and configs)."""
@@ -74,7 +76,7 @@ def load_checkpoint(
 
 
 def make_dataset(
-    prompter: "Prompter[Any]",
+    prompter: "S",
     path: str | os.PathLike[str] | None = None,
     train_size: int | None = None,
     test_size: int | None = None,

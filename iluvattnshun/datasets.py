@@ -23,6 +23,7 @@ layout, which nothing outside this module knows.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -33,7 +34,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import datasets
 import numpy as np
@@ -45,15 +46,51 @@ from tqdm import tqdm
 
 from iluvattnshun.files import atomic_write, file_lock
 
-if TYPE_CHECKING:  # not imported at run time: the prompter's module reaches this one (Prompter.make_dataset)
-    from iluvattnshun.prompter import Prompter
-
 META_FILE = "iluvattnshun_dataset.json"
 """The file in a cached dataset that records its spec, sizes, files and leakage statistics."""
 
 _OWNER_FILE = "owner.json"
 _SPLITS = ("train", "test")
 _MIN_EXAMPLES_FOR_PROCESSES = 20_000
+
+
+class DataConfig(Protocol):
+    """The config fields a dataset is built from: a dataclass (``iluvattnshun.prompter.PromptConfig`` is one)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    @property
+    def train_size(self) -> int: ...
+    @property
+    def test_size(self) -> int: ...
+    @property
+    def data_seed(self) -> int: ...
+    @property
+    def dedup_test(self) -> bool: ...
+    @property
+    def dataset_path(self) -> str: ...
+    def data_hash_params(self) -> list[str]: ...
+    def data_config(self) -> dict[str, Any]: ...
+
+
+class DataSource(Protocol):
+    """What this module needs of a prompter (``iluvattnshun.prompter.Prompter`` is one): its config, its class's
+    data constants and its batches. A protocol, so that the dataset cache does not depend on the prompter's module
+    (which reaches this one through ``Prompter.make_dataset``)."""
+
+    VOCAB: ClassVar[str]
+    TOKEN_COLUMNS: ClassVar[tuple[str, ...]]
+    GENERATOR_VERSION: ClassVar[int]
+    CHUNK_SIZE: ClassVar[int]
+
+    def __init__(self, config: Any) -> None: ...
+    @property
+    def config(self) -> DataConfig: ...
+    @property
+    def is_vectorised(self) -> bool: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def sample_batch(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]: ...
 
 
 class DatasetCacheWarning(UserWarning):
@@ -67,7 +104,7 @@ class _CacheError(Exception):
 # --- building -----------------------------------------------------------------------------------------
 
 
-def data_spec(prompter: Prompter[Any], keep_strings: bool = False) -> dict[str, Any]:
+def data_spec(prompter: DataSource, keep_strings: bool = False) -> dict[str, Any]:
     """Everything that determines a prompter's dataset: class, generator version, data and build parameters."""
     config = prompter.config
     return {
@@ -83,19 +120,19 @@ def data_spec(prompter: Prompter[Any], keep_strings: bool = False) -> dict[str, 
     }
 
 
-def data_hash(prompter: Prompter[Any], keep_strings: bool = False) -> str:
+def data_hash(prompter: DataSource, keep_strings: bool = False) -> str:
     """Stable 16-hex-digit hash of ``data_spec``."""
     text = json.dumps(data_spec(prompter, keep_strings), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def dataset_dir(prompter: Prompter[Any], keep_strings: bool = False) -> Path:
+def dataset_dir(prompter: DataSource, keep_strings: bool = False) -> Path:
     """Where ``make_dataset`` caches the prompter's dataset: ``<dataset_path>/<PrompterClass>_<hash>``."""
     return Path(prompter.config.dataset_path) / f"{type(prompter).__name__}_{data_hash(prompter, keep_strings)}"
 
 
 def make_dataset(
-    prompter: Prompter[Any], num_proc: int | None = None, keep_strings: bool = False, progress: bool = True
+    prompter: DataSource, num_proc: int | None = None, keep_strings: bool = False, progress: bool = True
 ) -> datasets.DatasetDict:
     """Load the prompter's cached dataset, generating and saving it first if needed.
 
@@ -137,7 +174,7 @@ def make_dataset(
     return _load_checked(final, spec)
 
 
-def dataset_meta(prompter: Prompter[Any], keep_strings: bool = False) -> dict[str, Any]:
+def dataset_meta(prompter: DataSource, keep_strings: bool = False) -> dict[str, Any]:
     """The record of the prompter's cached dataset (spec, sizes, files, ``leakage``), or {} when not built."""
     try:
         meta = json.loads((dataset_dir(prompter, keep_strings) / META_FILE).read_text())
@@ -146,7 +183,7 @@ def dataset_meta(prompter: Prompter[Any], keep_strings: bool = False) -> dict[st
     return meta if isinstance(meta, dict) else {}
 
 
-def generate_chunk(prompter: Prompter[Any], split: int, chunk: int, n: int) -> dict[str, np.ndarray]:
+def generate_chunk(prompter: DataSource, split: int, chunk: int, n: int) -> dict[str, np.ndarray]:
     """Chunk ``chunk`` of split ``split`` (0 train, 1 test): ``n`` checked, compact examples.
 
     Each chunk draws from its own ``SeedSequence(data_seed, spawn_key=(split, chunk))`` stream, so the result
@@ -157,7 +194,7 @@ def generate_chunk(prompter: Prompter[Any], split: int, chunk: int, n: int) -> d
 
 
 def _build_into(
-    prompter: Prompter[Any], final: Path, spec: Mapping[str, Any], num_proc: int | None, progress: bool
+    prompter: DataSource, final: Path, spec: Mapping[str, Any], num_proc: int | None, progress: bool
 ) -> None:
     """Generate and save the dataset in a temporary directory, then rename it to ``final``."""
     tmp = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -189,7 +226,7 @@ def _build_into(
 
 
 def _build_dataset(
-    prompter: Prompter[Any], spec: Mapping[str, Any], num_proc: int | None, progress: bool
+    prompter: DataSource, spec: Mapping[str, Any], num_proc: int | None, progress: bool
 ) -> tuple[datasets.DatasetDict, dict[str, int]]:
     """Generate both splits in memory (compact dtypes, zero-copy into Arrow)."""
     config = prompter.config
@@ -442,7 +479,7 @@ def _merge_chunk_schemas(
 # --- cache directory --------------------------------------------------------------------------------
 
 
-def _load_verified(directory: Path, spec: Mapping[str, Any], prompter: Prompter[Any]) -> datasets.DatasetDict:
+def _load_verified(directory: Path, spec: Mapping[str, Any], prompter: DataSource) -> datasets.DatasetDict:
     """``_load_checked``, and every token id within the prompter's vocabulary."""
     dsd = _load_checked(directory, spec)
     _check_tokens(dsd, prompter.TOKEN_COLUMNS, prompter.vocab_size)
