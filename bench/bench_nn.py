@@ -1,24 +1,29 @@
-"""Model benchmarks: training-step throughput (fast vs explicit attention) and KV-cached generation.
+"""Model benchmarks: training-step throughput (fast vs explicit attention; eager vs compiled vs a CUDA graph) and
+KV-cached generation.
 
-Run: python -m bench.bench_nn [--repeats 5] [--device cpu]
+Run: python -m bench.bench_nn [--repeats 5] [--device cpu] [--step_variants eager,compile,cuda_graph]
 
-Every figure is compared with its baseline in the same process: the explicit softmax path for training
-steps, full recomputation for generation, and a large matmul for the machine's float32 peak.
+Every figure is compared with its baseline in the same process: the explicit softmax path and the eager step for
+training steps, full recomputation for generation, and a large matmul for the machine's float32 peak.
 """
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.common import sync
+from bench.common import median_time, sync, timed
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
+from iluvattnshun.optim import OptimConfig, build_optimizer
 
 
 @dataclass
@@ -36,19 +41,6 @@ SHAPES = [
     Shape("a: var_rename paper (8L d128 4h T600 B16 V39)", 8, 128, 4, 600, 16, 39),
     Shape("b: shakespeare quick (4L d128 4h T64 B12 V65)", 4, 128, 4, 64, 12, 65),
 ]
-
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
@@ -86,6 +78,76 @@ def train_step_time(shape: Shape, explicit: bool, device: torch.device, repeats:
         opt.step()
 
     return median_time(step, repeats, warmup=2, device=device)
+
+
+STEP_VARIANTS = ("eager", "compile", "cuda_graph")
+"""How the project's training step (model, ``build_optimizer``'s AdamW, cross-entropy) can run: as written, through
+``torch.compile`` (forward and backward), or captured once as a CUDA graph and replayed (CUDA only)."""
+
+
+def training_step(shape: Shape, variant: str, device: torch.device) -> tuple[Callable[[], None], nn.Module]:
+    """(one training step per call, the model it trains) in ``variant`` (one of ``STEP_VARIANTS``), cycling through
+    four batches; the CUDA graph copies each batch into its one static input, as a training loop would. Every variant
+    starts from the same weights and sees the same batches."""
+    model = make_model(shape, device).train()
+    optimizer = build_optimizer(model, OptimConfig(), device)
+    batches = [torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), device=device) for _ in range(4)]
+    forward: Callable[[torch.Tensor], object] = torch.compile(model) if variant == "compile" else model
+    order = itertools.cycle(batches)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        logits = forward(x).logits  # type: ignore[attr-defined]
+        return F.cross_entropy(logits.flatten(0, 1), x.flatten())
+
+    def step() -> None:
+        loss_of(next(order)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if variant in ("eager", "compile"):
+        return step, model
+    if variant != "cuda_graph" or device.type != "cuda":
+        raise ValueError(f"step variant {variant!r} on {device}: one of {STEP_VARIANTS} (cuda_graph needs CUDA)")
+    # Whole-step capture: the optimizer keeps its step counts on the device, and a few warm-up steps on a side
+    # stream allocate its state and the kernels' workspaces before the graph records one step.
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+    static_x = batches[0].clone()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "capturable=True ... running without graph capture": the warm-up, on purpose
+        for _ in range(3):
+            loss_of(static_x).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # gradients are born inside the graph's memory pool, as None before it
+        loss_of(static_x).backward()
+        optimizer.step()
+
+    def replay() -> None:
+        static_x.copy_(next(order))
+        graph.replay()
+
+    return replay, model
+
+
+def step_variant_times(
+    shape: Shape, variants: list[str], device: torch.device, repeats: int, window: int = 10
+) -> dict[str, float]:
+    """Median seconds per step of each variant over ``repeats`` windows of ``window`` steps, the variants
+    interleaved window by window (compilation and capture happen before timing)."""
+    steps = {v: training_step(shape, v, device)[0] for v in variants}
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v, step in steps.items():
+            times[v].append(timed(step, device, window) / window)
+    return {v: statistics.median(t) for v, t in times.items()}
 
 
 def generation_time(recompute: bool, device: torch.device, new_tokens: int, batch: int, repeats: int) -> float:
@@ -137,8 +199,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--step_variants",
+        default="",
+        help=f"comma-separated, of {', '.join(STEP_VARIANTS)} (default: all on CUDA, eager and compile on a CPU)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    default_variants = STEP_VARIANTS if device.type == "cuda" else STEP_VARIANTS[:2]
+    variants = args.step_variants.split(",") if args.step_variants else list(default_variants)
+    if unknown := [v for v in variants if v not in default_variants]:
+        parser.error(f"--step_variants: {', '.join(unknown)} not one of {', '.join(default_variants)} on {device}")
 
     results: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -164,6 +235,16 @@ def main() -> None:
             print(f"| {shape.name} | {path} | {t * 1e3:,.1f} | {tps:,.0f} | {fpt / 1e9:.4f} | {100 * frac:.1f}% |")
         results[shape.name] = {**row, "speedup": row["fast (SDPA)"] / row["explicit"]}
         print(f"| {shape.name} | fast / explicit | | **{row['fast (SDPA)'] / row['explicit']:.2f}x** | | |")
+
+    print("\n| shape | training step | ms | tokens/s | vs eager |")
+    print("|---|---|---:|---:|---:|")
+    for shape in SHAPES:
+        tokens = shape.batch * shape.seq_len
+        times = step_variant_times(shape, variants, device, args.repeats)
+        results[f"{shape.name} steps"] = {v: tokens / t for v, t in times.items()}
+        for v, t in times.items():
+            ratio = f"{times['eager'] / t:.2f}x" if "eager" in times else ""
+            print(f"| {shape.name} | {v} | {t * 1e3:,.2f} | {tokens / t:,.0f} | {ratio} |")
 
     print("\n| generation (4L d128, prompt 8, greedy) | batch | new tokens | tokens/s | vs recompute |")
     print("|---|---:|---:|---:|---:|")

@@ -1,4 +1,4 @@
-"""The training benchmark (bench/bench_train.py) on tiny shapes, so that the script does not rot."""
+"""The benchmarks on tiny shapes (training, the model step variants, the long step), so that the scripts do not rot."""
 
 import dataclasses
 from pathlib import Path
@@ -7,7 +7,9 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+from bench import bench_nn
 from bench import bench_train as bt
+from devices import needs_cuda
 from iluvattnshun.task import PromptTaskTrainer
 from examples.var_rename.task import quick as var_rename_quick
 from iluvattnshun.nn import MultilayerTransformer, flops_per_token
@@ -186,3 +188,36 @@ def test_long_step_bench_trains_the_depth_model_and_sorts_its_profile() -> None:
     shares = bl.profile_kinds(step, steps=1)
     assert {"attention", "matmul", "GELU"} <= set(shares) and sum(shares.values()) == pytest.approx(1.0)
     assert list(shares.values()) == sorted(shares.values(), reverse=True)
+
+
+def _trained_weights(variant: str, device: str, steps: int = 5) -> dict[str, torch.Tensor]:
+    shape = bench_nn.Shape("tiny", 2, 32, 4, 16, 4, 39)
+    step, model = bench_nn.training_step(shape, variant, torch.device(device))
+    for _ in range(steps):
+        step()
+    return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+
+
+def test_step_variants_refuse_a_cuda_graph_without_cuda() -> None:
+    with pytest.raises(ValueError, match="cuda_graph needs CUDA"):
+        bench_nn.training_step(bench_nn.Shape("tiny", 1, 32, 4, 8, 2, 39), "cuda_graph", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_one() -> None:
+    eager, compiled = _trained_weights("eager", "cpu"), _trained_weights("compile", "cpu")
+    assert any(not torch.equal(v, _trained_weights("eager", "cpu", steps=0)[k]) for k, v in eager.items())
+    for k, v in eager.items():
+        torch.testing.assert_close(compiled[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_graph_step_trains_like_the_eager_one() -> None:
+    # The captured step replays the same kernels on each copied-in batch: after 5 steps the weights agree.
+    eager, graphed = _trained_weights("eager", "cuda"), _trained_weights("cuda_graph", "cuda")
+    for k, v in eager.items():
+        torch.testing.assert_close(graphed[k], v, rtol=1e-4, atol=1e-5)
+    tiny = bench_nn.Shape("tiny", 2, 32, 4, 16, 4, 39)
+    times = bench_nn.step_variant_times(tiny, list(bench_nn.STEP_VARIANTS), torch.device("cuda"), repeats=2, window=2)
+    assert set(times) == set(bench_nn.STEP_VARIANTS) and all(t > 0 for t in times.values())
