@@ -55,7 +55,7 @@ def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and int(r["positions"]) > 0 for r in rows)
     table = (out / "results.md").read_text()
     assert "| 4L2H | 2 | 0.50 |" in table  # 2 seeds, 2 chains: chance 0.5
-    assert "| 15 |" in table and "| 30 |" in table  # 5,000 and 10,000 steps x budget 0.003 (3 and 4 layers)
+    assert "| 15 |" in table and "| 24 |" in table  # 5,000 and 8,000 steps x budget 0.003 (3 and 4 layers)
     assert "original study" in table and "Sanford" in table
     figure = (out / "depth_reach.html").read_text()
     assert all(name in figure for name in ("2^n", "each seed", "median, original layout", "Sanford", "plotly"))

@@ -50,7 +50,7 @@ from iluvattnshun.viz import accuracy_per_depth_fig, save_html
 PREFIX = "law"
 """Run-name prefix of the grid: runs are ``law_<i>``."""
 
-CPU_STEPS = {1: 1500, 2: 3000, 3: 5000, 4: 10000}
+CPU_STEPS = {1: 1500, 2: 3000, 3: 5000, 4: 8000}
 """Step budget per layer count on the CPU (the grid's wall time on 2 cores: examples/README.md)."""
 
 SCALE_LAYERS = {"cpu": tuple(CPU_STEPS), "paper": (2, 3, 4, 5)}
