@@ -15,7 +15,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -65,38 +65,26 @@ def make_model(shape: Shape, device: torch.device) -> MultilayerTransformer:
     ).to(device)
 
 
-def train_step_time(shape: Shape, explicit: bool, device: torch.device, repeats: int) -> float:
-    model = make_model(shape, device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        logits = model(x, return_attn_weights=explicit).logits
-        loss = F.cross_entropy(logits.flatten(0, 1), x.flatten())
-        loss.backward()
-        opt.step()
-
-    return median_time(step, repeats, warmup=2, device=device)
-
-
 STEP_VARIANTS = ("eager", "compile", "cuda_graph")
 """How the project's training step (model, ``build_optimizer``'s AdamW, cross-entropy) can run: as written, through
 ``torch.compile`` (forward and backward), or captured once as a CUDA graph and replayed (CUDA only)."""
 
 
-def training_step(shape: Shape, variant: str, device: torch.device) -> tuple[Callable[[], None], nn.Module]:
+def training_step(
+    shape: Shape, variant: str, device: torch.device, explicit: bool = False
+) -> tuple[Callable[[], None], nn.Module]:
     """(one training step per call, the model it trains) in ``variant`` (one of ``STEP_VARIANTS``), cycling through
     four batches; the CUDA graph copies each batch into its one static input, as a training loop would. Every variant
-    starts from the same weights and sees the same batches."""
+    starts from the same weights and sees the same batches. ``explicit``: attention through the explicit softmax
+    path (``return_attn_weights``) instead of the fused kernel."""
     model = make_model(shape, device).train()
     optimizer = build_optimizer(model, OptimConfig(), device)
     batches = [torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), device=device) for _ in range(4)]
-    forward: Callable[[torch.Tensor], object] = torch.compile(model) if variant == "compile" else model
+    forward: Callable[..., Any] = torch.compile(model) if variant == "compile" else model
     order = itertools.cycle(batches)
 
     def loss_of(x: torch.Tensor) -> torch.Tensor:
-        logits = forward(x).logits  # type: ignore[attr-defined]
+        logits = forward(x, return_attn_weights=explicit).logits
         return F.cross_entropy(logits.flatten(0, 1), x.flatten())
 
     def step() -> None:
@@ -227,7 +215,7 @@ def main() -> None:
         fpt = flops_per_token(make_model(shape, device), shape.seq_len, training=True)
         row: dict[str, float] = {}
         for explicit in (False, True):
-            t = train_step_time(shape, explicit, device, args.repeats)
+            t = median_time(training_step(shape, "eager", device, explicit)[0], args.repeats, 2, device)
             tps = tokens / t
             frac = fpt * tps / peak
             path = "explicit" if explicit else "fast (SDPA)"
