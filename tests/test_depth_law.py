@@ -116,6 +116,20 @@ def test_unwritable_out_and_bad_run_flags_stop_before_anything_is_written(
     assert not any(tmp_path.iterdir())
 
 
+def test_a_session_of_the_same_name_that_is_not_this_grid_stops_before_any_work(tmp_path: Path) -> None:
+    # A session left open by an earlier experiment (another --out) or the user's own: not waited on as this grid.
+    session = f"law_other_{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "sleep 120"], check=True)
+    try:
+        proc = depth_law([f"--session={session}", f"--out={tmp_path / 'law'}", "--layers=1", "--seeds=1"], tmp_path)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"session: tmux session '{session}' exists and is not running this experiment's grid" in lines[0]
+    assert not (tmp_path / "law").exists()
+
+
 def test_dry_run_checks_the_extra_flags_and_the_session(tmp_path: Path) -> None:
     for args, message in (
         (["--extra=--nmu_layers=3"], "rejected before launch: unknown option --nmu_layers; did you mean --num_layers?"),

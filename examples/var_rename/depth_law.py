@@ -304,10 +304,20 @@ def launch_grid(config: DepthLawConfig, g: Grid, logdir: Path, resuming: bool) -
 
 
 def grid_running(config: DepthLawConfig, logdir: Path) -> bool:
-    """Whether the grid is still going: its tmux session exists, or its SLURM jobs are queued or running."""
-    if config.backend == "tmux":
-        return session_exists(config.session)
+    """Whether the grid is still going: its tmux session exists, or its SLURM jobs are queued or running.
+
+    Raises ``ValueError`` when a tmux session of that name exists but holds something else (another ``--out``'s
+    grid, or no grid at all): waiting on it would wait for runs that are not this experiment's."""
     record = read_record(record_dir(logdir, PREFIX))
+    if config.backend == "tmux":
+        if not session_exists(config.session):
+            return False
+        if record is None or record.get("session") != config.session:
+            raise ValueError(
+                f"session: tmux session {config.session!r} exists and is not running this experiment's grid"
+                f" ({logdir.parent}); pick another --session, or end it: tmux kill-session -t {config.session}"
+            )
+        return True
     states = slurm.job_states(record) if record is not None else {}
     return any(s.state in slurm.ACTIVE_STATES for s in states.values())
 
