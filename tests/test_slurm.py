@@ -174,8 +174,7 @@ def requeued_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     SLURM checks time limits about every 30 s and warns a job ``--signal-delay`` (10 s) before its limit once
     elapsed >= limit - delay - 30 s: each attempt is warned 20-50 s after it starts, so the run (about 45 s of
     training) is requeued at least once and continues from its checkpoint. On a loaded machine the training takes
-    two or three times as long (5 attempts reached step 5,995 of 6,000 under CI beside two training runs): 8 requeues
-    and a 15-minute wait leave room for that.
+    two or three times as long and needs more attempts: 8 requeues and a 15-minute wait leave room for that.
     """
     tmp = tmp_path_factory.mktemp("requeue")
     logdir = tmp / "logs"
