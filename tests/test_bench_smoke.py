@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench import bench_nn
 from bench import bench_train as bt
@@ -188,6 +189,23 @@ def test_long_step_bench_trains_the_depth_model_and_sorts_its_profile() -> None:
     shares = bl.profile_kinds(step, steps=1)
     assert {"attention", "matmul", "GELU"} <= set(shares) and sum(shares.values()) == pytest.approx(1.0)
     assert list(shares.values()) == sorted(shares.values(), reverse=True)
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_attention_in_query_blocks_is_causal_attention(blocks: int) -> None:
+    from bench import bench_long_step as bl
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
+    grad = torch.randn(2, 3, 16, 8)
+
+    def output_and_grads(out: torch.Tensor) -> list[torch.Tensor]:
+        return [out, *torch.autograd.grad(out, (q, k, v), grad)]
+
+    want = output_and_grads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    got = output_and_grads(bl.block_causal(q, k, v, blocks))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
 def _trained_weights(variant: str, device: str, steps: int = 5) -> dict[str, torch.Tensor]:
