@@ -81,11 +81,11 @@ def block_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: int)
     """Causal attention as ``blocks`` calls, one per block of queries, each over the keys up to the block's end: the
     kernel never sees the key blocks that every query of a block masks (the same result, up to float rounding)."""
     T = q.shape[2]
-    size = T // blocks
+    size = -(-T // blocks)  # the last block is shorter when blocks does not divide T
     outs = []
     for lo in range(0, T, size):
-        hi = lo + size
-        mask = torch.arange(hi) <= torch.arange(lo, hi).unsqueeze(1)  # (size, hi), True = may attend
+        hi = min(lo + size, T)
+        mask = torch.arange(hi) <= torch.arange(lo, hi).unsqueeze(1)  # (hi - lo, hi), True = may attend
         outs.append(F.scaled_dot_product_attention(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], attn_mask=mask))
     return torch.cat(outs, dim=2)  # (B, H, T, D)
 

@@ -191,7 +191,7 @@ def test_long_step_bench_trains_the_depth_model_and_sorts_its_profile() -> None:
     assert list(shares.values()) == sorted(shares.values(), reverse=True)
 
 
-@pytest.mark.parametrize("blocks", [2, 4])
+@pytest.mark.parametrize("blocks", [2, 3, 4])
 def test_attention_in_query_blocks_is_causal_attention(blocks: int) -> None:
     from bench import bench_long_step as bl
 
