@@ -142,6 +142,47 @@ def test_states_are_honest_a_cancelled_or_timed_out_run_is_never_finished() -> N
     assert slurm.describe(None, 0, 6) is None
 
 
+_WARNED_AFTER_THE_END = """
+import os, signal, sys, time
+from submitit.core import job_environment, utils
+from iluvattnshun.sweep.slurm import RunJob
+
+job = RunJob(index=0, run_name="w_0", line=sys.argv[1], cwd=os.getcwd(), env={}, rdir=sys.argv[2], logdir=None,
+             grace_s=5.0)
+delayed = utils.DelayedSubmission(job)
+delayed.set_timeout(1, 3)
+env = job_environment.JobEnvironment()
+env._handle_signals(env.paths, delayed)  # as submitit's process_job does on the node
+code = delayed.result()
+os.kill(os.getpid(), signal.SIGUSR2)  # the time limit's warning, while submitit writes the result
+time.sleep(0.2)
+print(f"returned {code}")
+"""
+
+
+@pytest.mark.parametrize("line, status", [("true", 0), ("exit 3", 3)])
+def test_a_warning_that_comes_after_the_run_ended_changes_nothing(tmp_path: Path, line: str, status: int) -> None:
+    """The limit's warning (USR2) can reach submitit after the run has ended and written its status, while submitit
+    writes its result: the task must still end as the run did (a finished run never reads "crashed (exit 0)")."""
+    pytest.importorskip("submitit")
+    rdir = tmp_path / "rec"
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_FOLDER": str(tmp_path / "slurm"), "SLURM_JOB_ID": "7"}
+    env |= {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARNED_AFTER_THE_END, line, str(rdir)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sweep.read_status(rdir, 0) == status
+    if status == 0:
+        assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "returned 0", proc.stderr[-2000:]
+    else:  # a crash is a crash: the task fails with the run's error, never a requeue
+        assert proc.returncode != 0 and "exited with status 3" in proc.stderr and "requeue" not in proc.stderr.lower()
+
+
 def test_slurm_options_need_the_slurm_backend_and_tmux_options_the_tmux_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -259,6 +259,14 @@ class _Ended(Exception):
     """Raised from :meth:`RunJob.checkpoint` when the run ended on its own: it is not requeued."""
 
 
+def _ignore_warnings() -> None:
+    """The run has ended on its own: from now on the limit's warning (submitit's USR2 handler) has nothing to save
+    or requeue. Left in place, it would raise in the middle of submitit writing the result, and SLURM would record a
+    finished run as failed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def _job_id() -> str:
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
@@ -335,8 +343,10 @@ class RunJob:
         try:
             while not self._done.wait(1.0):
                 pass
+            if child.returncode not in STOP_CODES:
+                _ignore_warnings()
         except _Ended:
-            pass
+            _ignore_warnings()
         except BaseException as e:
             # submitit's handler ends the task: SystemExit after a requeue (the run is not over), its own error when
             # no requeue is left (the run is over: its status is recorded).
