@@ -127,10 +127,13 @@ class _Rotate(torch.autograd.Function):
         return grad_x, None, None
 
 
+_rotate_apply: Callable[..., torch.Tensor] = _Rotate.apply
+"""``_Rotate.apply`` with its return type (torch types ``Function.apply`` in some releases and not in others)."""
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE of ``x`` (..., D) with (cos, sin) tables broadcastable to it, as ``RotaryEmbedding.tables`` makes them."""
-    out: torch.Tensor = _Rotate.apply(x, cos, sin)  # type: ignore[no-untyped-call]
-    return out
+    return _rotate_apply(x, cos, sin)
 
 
 class KVCache:
