@@ -9,6 +9,7 @@ the launcher's GPU assignment.
 """
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -24,6 +25,10 @@ CUDA_FILE = "cuda_visible_devices.txt"
 
 UNSET = "<unset>"
 """Written to CUDA_FILE when CUDA_VISIBLE_DEVICES was not set at all."""
+
+KERNEL_ENV_FILE = "kernel_env.json"
+"""Name of the file (inside the run directory) that holds the variables the run saw that pick kernels (ATEN_*,
+MKL_*, ONEDNN_*) and its PYTHONPATH."""
 
 
 @dataclass(kw_only=True)
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = make_run_dir(Path(config.tensorboard_logdir), config.run_name)
     (run_dir / f"{run_dir.name}.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     (run_dir / CUDA_FILE).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", UNSET))
+    seen = {k: v for k, v in os.environ.items() if k.startswith(("ATEN_", "MKL_", "ONEDNN_")) or k == "PYTHONPATH"}
+    (run_dir / KERNEL_ENV_FILE).write_text(json.dumps(seen))
     if config.fail:
         print("error: failing on purpose (--fail)", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 import shlex
 import shutil
@@ -350,6 +351,31 @@ def test_cpu_runs_queue_in_one_pane_and_a_crash_is_reported(
     assert rows["c_1"].split()[1:6] == ["2", "1", "true", "crashed", "(exit"]
     html = (tmp_path / "c.html").read_text()
     assert "plotly" in html and "c_1" in html
+
+
+@requires_tmux
+def test_runs_get_the_launchers_kernel_and_python_variables_not_the_tmux_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tmux server started earlier with other values (here: AVX2 kernels, MKL's AVX2 path, a stray PYTHONPATH):
+    the runs see the launcher's values, or none where the launcher has none, never the server's."""
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path))  # a server of this test's own
+    stray = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_VERBOSE": "1", "PYTHONPATH": "/stray"}
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+    holder = subprocess.run(["tmux", "new-session", "-d", "-s", "holder"], env={**env, **stray}, capture_output=True)
+    assert holder.returncode == 0, holder.stderr
+    try:
+        for k in stray:
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+        logdir = tmp_path / "logs"
+        argv = ["--cmd", dummy_cmd(logdir), "--grid", "num_layers=1,2", "--gpus", "none", "--session", "k"]
+        assert sweep.main([*argv, "--prefix", "k"]) == 0
+        assert sweep.wait_for_runs(sweep.record_dir(logdir, "k"), timeout=60) == {0: 0, 1: 0}
+        for run_dir in run_dirs(logdir, "k").values():
+            assert json.loads((run_dir / sweep_dummy.KERNEL_ENV_FILE).read_text()) == {"MKL_CBWR": "COMPATIBLE"}
+    finally:
+        subprocess.run(["tmux", "kill-server"], env={**env, "TMUX_TMPDIR": str(tmp_path)}, capture_output=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ started yet.
 
 tmux notes: the session is created detached with a 400x200 window so that a dozen panes fit;
 when tmux answers "no space for new pane" (or ``--panes-per-window`` is reached) the next panes
-go to a new window of the same session. Panes inherit the tmux *server's* environment, so the
-launcher re-exports the variables that pick the Python environment (``PATH``, ``PYTHONPATH``,
-``VIRTUAL_ENV``, ``CONDA_*``, ...) in each pane script.
+go to a new window of the same session. Panes inherit the tmux *server's* environment, so each pane script
+removes the server's values of the variables that pick the Python environment (``PATH``, ``PYTHONPATH``,
+``VIRTUAL_ENV``, ``CONDA_*``, ...) and the kernels (``ATEN_*``, ``MKL_*``, ``ONEDNN_*``, ...) and re-exports the
+launcher's.
 
 The package in four parts: ``plan`` (grid -> runs -> panes, validation with ``--print_config``), ``record``
 (``sweep.json``, pane scripts, exit statuses, waiting), ``tmux`` (the session and ``launch``), ``summary``

@@ -21,8 +21,9 @@ RECORD_DIRNAME = ".sweeps"
 """Directory inside the log directory that holds the sweep records (not a ``run_*`` directory)."""
 FORWARDED_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "OMP_NUM_THREADS")
 """Variables re-exported in each pane so that it runs the same Python as the launcher."""
-FORWARDED_ENV_PREFIXES = ("CONDA_", "HF_", "TORCH_", "PYTORCH_", "NCCL_")
-"""Prefixes of further variables re-exported in each pane."""
+FORWARDED_ENV_PREFIXES = ("CONDA_", "HF_", "TORCH_", "PYTORCH_", "NCCL_", "ATEN_", "MKL_", "ONEDNN_", "DNNL_", "KMP_")
+"""Prefixes of further variables re-exported in each pane: the Python environment, and what picks the kernels and
+their rounding (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, ``ONEDNN_MAX_CPU_ISA``, ...)."""
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -134,6 +135,10 @@ def pane_script(
         f"pane_{pane_runs[0].pane}.sh",
         f"cd {shlex.quote(cwd)} || exit 1",
     ]
+    # The variables above are the launcher's, in every pane: the tmux server's own values of them (from whenever it
+    # started) go first, then the launcher's are exported.
+    families = "|".join([*FORWARDED_ENV, *(f"{p}*" for p in FORWARDED_ENV_PREFIXES)])
+    lines.append(f'for v in $(compgen -e); do case "$v" in {families}) unset "$v" ;; esac; done')
     lines += [f"export {k}={shlex.quote(v)}" for k, v in _forwarded_env().items()]
     if gpu is None:
         # Runs without a GPU assignment see the launcher's CUDA_VISIBLE_DEVICES, not the tmux server's.
