@@ -10,18 +10,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from iluvattnshun.speed import cpu_name
+
 
 def machine() -> str:
     """CPU model, core count and library versions, for the machine line of a RESULTS.md section."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
 
 
 def sync(device: torch.device) -> None:

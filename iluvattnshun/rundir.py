@@ -1,12 +1,13 @@
 """Run directories, ``<logdir>/run_<N>_<name>/``: naming, allocation, lookup, locking and the names of their files.
 
 A run directory holds the TensorBoard events, ``run_<N>_<name>.yaml`` (the full config), ``run_<N>_<name>.py``
-(a snapshot of the script that ran) and ``ckpt_<step>.pt`` checkpoints (unless ``save_model_path`` puts those
+(a snapshot of the script that ran), ``machine.json`` (where each start of the run trained) and ``ckpt_<step>.pt`` checkpoints (unless ``save_model_path`` puts those
 elsewhere). ``N`` is allocated atomically, so runs started at the same moment get distinct directories.
 """
 
 import contextlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from iluvattnshun.files import LockHeld, file_lock
 
@@ -26,6 +27,9 @@ CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 
 LOCK_FILE = ".lock"
 """Held (``flock``) by the process training in the run directory."""
+
+MACHINE_FILE = "machine.json"
+"""Where the run trained: one entry per start (``speed.machine`` and the step it started from), oldest first."""
 
 OWNER_FILE = ".run"
 """In a checkpoint directory other than the run directory (``save_model_path``): the run directory it belongs to."""
@@ -207,15 +211,29 @@ def matching_runs(logdir: str | os.PathLike[str], run_name: str) -> list[RunDir]
     return runs[::-1]
 
 
-def run_files(run: RunDir, config_yaml: str, classes: list[type], resumed: bool) -> dict[str, str]:
-    """The files a run records about itself, by name: its config YAML, and the source of the task's script
-    (``task_source_file``; a resumed run keeps the one of its first start)."""
+def run_files(
+    run: RunDir, config_yaml: str, classes: list[type], resumed: bool, start: Mapping[str, Any]
+) -> dict[str, str]:
+    """The files a run records about itself, by name: its config YAML, the source of the task's script
+    (``task_source_file``; a resumed run keeps the one of its first start), and ``machine.json`` with ``start`` (this
+    start's machine and step) after the earlier starts'."""
     files = {run.config_path.name: config_yaml}
+    starts = read_machines(run) if resumed else []
+    files[MACHINE_FILE] = json.dumps([*starts, dict(start)], indent=1) + "\n"
     source_file = None if resumed and run.script_path.exists() else task_source_file(classes)
     if source_file is not None:
         with open(source_file, encoding="utf-8") as f:
             files[run.script_path.name] = f.read()
     return files
+
+
+def read_machines(run: RunDir) -> list[dict[str, Any]]:
+    """The run's ``machine.json``: each start's machine, oldest first; empty when it has none (or an unreadable one)."""
+    try:
+        starts = json.loads((run.path / MACHINE_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [s for s in starts if isinstance(s, dict)] if isinstance(starts, list) else []
 
 
 def task_source_file(classes: list[type]) -> str | None:

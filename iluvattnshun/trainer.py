@@ -492,7 +492,8 @@ class Trainer(ABC, Generic[C]):
                     cleanup_temp_files(ckpt_dir)  # left by a checkpoint write that was killed half-way
                 # The run's YAML and the task's source, beside its logs.
                 run, classes = rundir.RunDir(Path(run_dir)), list(self.task_classes().values())
-                files = rundir.run_files(run, get_yaml_string(self._recorded_config), classes, resumed=not fresh)
+                start = {"step": self.progress.step, **speed.machine(self.device)}
+                files = rundir.run_files(run, get_yaml_string(self._recorded_config), classes, not fresh, start)
                 for name, text in files.items():
                     self.logger.log_text(name, text)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from forked import command_env, python_m
 
@@ -57,6 +58,8 @@ def test_cpu_grid_in_tmux_writes_results_and_refuses_another_experiment(tmp_path
     assert "| 4L2H | 2 | 0.50 |" in table  # 2 seeds, 2 chains: chance 0.5
     assert "| 15 |" in table and "| 24 |" in table  # 5,000 and 8,000 steps x budget 0.003 (3 and 4 layers)
     assert "original study" in table and "Sanford" in table
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert f"({capability}), torch {torch.__version__}, 1 thread (8 runs)." in table  # where all 8 trained
     figure = (out / "depth_reach.html").read_text()
     assert all(name in figure for name in ("2^n", "each seed", "median, original layout", "Sanford", "plotly"))
 

@@ -1,6 +1,7 @@
 """The training loop on the toy task: learning, run directory, TensorBoard, checkpoints, resume, faults."""
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import re
@@ -96,6 +97,10 @@ def test_loss_falls_run_dir_tensorboard_checkpoint(tmp_path: Path, capsys: pytes
     ran = dataclasses.replace(config, compile=False, precision="fp32")
     assert load_config_from_yaml(str(run_dir / "run_1_learn.yaml"), ToyConfig) == ran
     assert (run_dir / "run_1_learn.py").read_text() == (REPO / "tests" / "toy_task.py").read_text()
+    # and where it trained: the kernels that decide its numbers
+    (start,) = json.loads((run_dir / "machine.json").read_text())
+    assert start["step"] == 0 and start["device"] == "cpu" and start["torch"] == torch.__version__
+    assert start["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and start["threads"] >= 1
 
     # TensorBoard tags
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -210,6 +215,9 @@ def test_resume_continues_the_same_trajectory(tmp_path: Path, loader_skip: bool,
     assert [p.name for p in list_checkpoints(first.run_dir or "")] == ["ckpt_00000011.pt", "ckpt_00000022.pt"]
     val_steps = [s for s, _ in scalars(first.run_dir or "", "val/loss")]
     assert val_steps == [0, 3, 6, 9, 11, 12, 15, 18, 21, 22] if grad_accum_steps == 1 else val_steps[-1] == 22
+    # each start says where it trained, the resumed one from step 11
+    starts = json.loads((Path(first.run_dir or "") / "machine.json").read_text())
+    assert [s["step"] for s in starts] == [0, 11] and all(s["torch"] == torch.__version__ for s in starts)
 
 
 def test_resume_errors(tmp_path: Path) -> None:

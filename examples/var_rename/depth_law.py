@@ -373,6 +373,7 @@ def evaluate(run: rundir.RunDir, config: DepthLawConfig) -> dict[str, Any]:
         "minutes": progress.train_time_s / 60,
         "chance": 1 / task.num_chains,
         "layouts": layouts,
+        "machines": rundir.read_machines(run),
     }
 
 
@@ -390,6 +391,29 @@ def by_model(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def median(values: list[float]) -> float:
     return float(np.median(values))
+
+
+def trained_on(results: list[dict[str, Any]]) -> str:
+    """Where the runs trained (each run's ``machine.json``), with how many runs each machine trained."""
+    machines: dict[str, int] = {}
+    for r in results:
+        for m in {describe_machine(m) for m in r.get("machines", [])} or {"not recorded"}:
+            machines[m] = machines.get(m, 0) + 1
+    where = "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in machines.items())
+    return (
+        f"Trained on: {where}. A seed gives the same numbers only on the same kernels: the same torch and, on a CPU, "
+        "the same vector instructions (AVX2 and AVX-512 kernels round differently)."
+    )
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """One line for a ``machine.json`` entry: the device, the CPU and its vector instructions, torch, the threads."""
+    device = m.get("gpu") or m.get("device", "?")
+    threads = m.get("threads", "?")
+    return (
+        f"{device}, {m.get('cpu', '?')} ({m.get('cpu_capability', '?')}), torch {m.get('torch', '?')}, "
+        f"{threads} thread{'s' if threads != 1 else ''}"
+    )
 
 
 def write_results(out: Path, results: list[dict[str, Any]], config: DepthLawConfig) -> None:
@@ -429,6 +453,7 @@ def write_results(out: Path, results: list[dict[str, Any]], config: DepthLawConf
             f"{', '.join(map(str, reach['bind_first']))} | {median(reach99):g} | "
             f"{median([r['steps'] for r in group]):,.0f} | {median([r['minutes'] for r in group]):.1f} |{original}"
         )
+    lines += ["", trained_on(results)]
     lines += ["", "Published anchors on the reach figure (each with its own task, layout and threshold):", ""]
     lines += [f"- {a['label']}: {a['points']}; {a['note']}." for a in ANCHORS]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
