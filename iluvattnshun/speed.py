@@ -55,8 +55,9 @@ def cpu_name() -> str:
 def machine(device: torch.device) -> dict[str, Any]:
     """Where a run trains: what decides its speed and its numbers.
 
-    The same seed gives the same numbers only on the same kernels: the same torch, and on a CPU the same vector
-    instructions (``cpu_capability``: torch's AVX2 and AVX-512 kernels round differently), on a GPU the same card.
+    A seed gives the same numbers again only where the kernels are the same: the same torch, and on a CPU the same
+    vector instructions (``cpu_capability``: AVX2 and AVX-512 kernels round differently) and library paths (an Intel
+    and an AMD CPU differ even with both held to AVX2), on a GPU the same card.
     """
     facts: dict[str, Any] = {
         "host": socket.gethostname(),

@@ -401,8 +401,8 @@ def trained_on(results: list[dict[str, Any]]) -> str:
             machines[m] = machines.get(m, 0) + 1
     where = "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in machines.items())
     return (
-        f"Trained on: {where}. A seed gives the same numbers only on the same kernels: the same torch and, on a CPU, "
-        "the same vector instructions (AVX2 and AVX-512 kernels round differently)."
+        f"Trained on: {where}. A seed gives the same numbers again on the same kind of machine; another CPU (other "
+        "vector instructions, another maker's library paths), GPU or torch rounds differently, and the runs drift apart."
     )
 
 
