@@ -2,7 +2,8 @@
 
 A run directory holds the TensorBoard events, ``run_<N>_<name>.yaml`` (the full config), ``run_<N>_<name>.py``
 (a snapshot of the script that ran), ``machine.json`` (where each start of the run trained) and ``ckpt_<step>.pt``
-checkpoints (unless ``save_model_path`` puts those elsewhere). ``N`` is allocated atomically, so runs started at the same moment get distinct directories.
+checkpoints (unless ``save_model_path`` puts those elsewhere). ``N`` is allocated atomically, so runs started at the
+same moment get distinct directories.
 """
 
 import contextlib
