@@ -3,9 +3,11 @@ work starts."""
 
 import contextlib
 import os
+import random
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
@@ -87,8 +89,8 @@ def is_temporary(name: str) -> bool:
     return temporary_target(name) is not None
 
 
-PROBE_ATTEMPTS = 20
-"""How often a probe is retried when a concurrent run removed the directory it had just made."""
+PROBE_PATIENCE = 10.0
+"""Seconds a probe keeps retrying when concurrent runs keep removing the directories it had just found or made."""
 
 
 def check_writable(directory: str | os.PathLike[str], what: str) -> None:
@@ -108,8 +110,11 @@ def check_writable(directory: str | os.PathLike[str], what: str) -> None:
     probe = target / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         # Runs started together (a sweep's panes) probe the same new directories: one may remove a directory
-        # it created while another is about to probe it, so a vanished directory is made again.
-        for attempt in range(PROBE_ATTEMPTS):
+        # it created while another is about to probe it, so a vanished directory is made again. Each run removes
+        # only what it made, once, so the removals run out; a random pause between tries lets them finish instead
+        # of racing the same runs again.
+        deadline = time.monotonic() + PROBE_PATIENCE
+        while True:
             try:
                 missing = [p for p in [target, *target.parents] if not p.exists()]
                 for p in reversed(missing):
@@ -124,8 +129,9 @@ def check_writable(directory: str | os.PathLike[str], what: str) -> None:
                 probe.unlink()
                 break
             except FileNotFoundError:
-                if attempt == PROBE_ATTEMPTS - 1:
+                if time.monotonic() > deadline:
                     raise
+                time.sleep(random.uniform(0.0, 0.01))
     except OSError as e:
         reason = e.strerror or str(e) if not isinstance(e, NotADirectoryError) else str(e)
         raise ValueError(f"{what}: cannot write to {str(target)!r} ({reason})") from None
