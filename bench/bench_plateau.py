@@ -65,6 +65,10 @@ BASELINE = {
 64 prompts a batch at every length): every variant changes it in one place."""
 
 
+LAYOUT_CURRICULUM = {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from")}
+"""The depth recipe's data as it is: QK-norm, bind-first prompts until step 1,000, then both layouts, growing."""
+
+
 def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameConfig:
     """The earlier depth recipe at the benchmark's shape, with a variant's config changes."""
     changes: dict[str, Any] = {
@@ -74,7 +78,9 @@ def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameC
         "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
         "qk_norm+mixed_layouts": {"qk_norm": True, "mix_layouts": True},
         "depth_recipe": {k: getattr(depth(), k) for k in BASELINE} | {"mix_layouts_from": 0},
-        "layout_curriculum": {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from")},
+        "layout_curriculum": LAYOUT_CURRICULUM,
+        "layout_curriculum+wd_0.1": LAYOUT_CURRICULUM | {"weight_decay": 0.1},
+        "layout_curriculum+lr_2e-3": LAYOUT_CURRICULUM | {"lr": 2e-3},
     }.get(variant, {})
     return dataclasses.replace(
         depth(), **{**SHAPE, "num_layers": num_layers}, lr_decay="none", **{**BASELINE, **changes}
@@ -114,13 +120,17 @@ VARIANTS = [
     "qk_norm+mixed_layouts",
     "depth_recipe",
     "layout_curriculum",
+    "layout_curriculum+wd_0.1",
+    "layout_curriculum+lr_2e-3",
 ]
 """baseline: the depth recipe; qk_norm: ``--qk_norm``; temperature_0.5: scores x 2 (Hoffmann et al.'s softmax
 temperature); unscaled_init: residual projections at std 0.02; lr_3e-4, warmup_1000: the optimiser's schedule;
 depth_balanced: each target's loss weighted by 1 / (targets of its depth in the batch), so rare deep positions weigh
 as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``); depth_recipe: the depth recipe
 with both layouts mixed from the start (QK-norm, the prompts growing every 1,000 steps); layout_curriculum: the depth
-recipe as it is (bind_first only until step 1,000, then both layouts)."""
+recipe as it is (bind_first only until step 1,000, then both layouts); layout_curriculum+wd_0.1 and
+layout_curriculum+lr_2e-3: that recipe with weight decay 0.1 (0.01) or learning rate 2e-3 (1e-3), levers tried on
+the second plateau (depth 2), where one 4-layer seed of the depth-law grid stayed."""
 
 
 def loss_of(
