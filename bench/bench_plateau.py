@@ -44,9 +44,10 @@ from iluvattnshun.optim import build_optimizer, build_scheduler
 from iluvattnshun.task import depth_reach
 
 
-def section(num_layers: int) -> tuple[str, str]:
-    """The RESULTS.md markers of one shape's table (3 layers: the original section)."""
-    name = "bench_plateau" if num_layers == SHAPE["num_layers"] else f"bench_plateau_{num_layers}L"
+def section(num_layers: int, name: str = "") -> tuple[str, str]:
+    """The RESULTS.md markers of a table: ``name``'s, or by default one shape's (3 layers: the original section)."""
+    if not name:
+        name = "bench_plateau" if num_layers == SHAPE["num_layers"] else f"bench_plateau_{num_layers}L"
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
@@ -65,13 +66,13 @@ BASELINE = {
 64 prompts a batch at every length): every variant changes it in one place."""
 
 
-LAYOUT_CURRICULUM = {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from")}
+LAYOUT_CURRICULUM: dict[str, Any] = {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from")}
 """The depth recipe's data as it is: QK-norm, bind-first prompts until step 1,000, then both layouts, growing."""
 
 
 def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameConfig:
     """The earlier depth recipe at the benchmark's shape, with a variant's config changes."""
-    changes: dict[str, Any] = {
+    table: dict[str, dict[str, Any]] = {
         "qk_norm": {"qk_norm": True},
         "lr_3e-4": {"lr": 3e-4},
         "warmup_1000": {"warmup_steps": 1000},
@@ -81,7 +82,8 @@ def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameC
         "layout_curriculum": LAYOUT_CURRICULUM,
         "layout_curriculum+wd_0.1": LAYOUT_CURRICULUM | {"weight_decay": 0.1},
         "layout_curriculum+lr_2e-3": LAYOUT_CURRICULUM | {"lr": 2e-3},
-    }.get(variant, {})
+    }
+    changes = table.get(variant, {})
     return dataclasses.replace(
         depth(), **{**SHAPE, "num_layers": num_layers}, lr_decay="none", **{**BASELINE, **changes}
     )
@@ -255,6 +257,9 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_plateau.jsonl", help="finished runs, one JSON line each")
     parser.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
     parser.add_argument("--report_only", action="store_true", help="the table from --out's runs; train nothing")
+    parser.add_argument(
+        "--section", default="", help="the RESULTS.md section --write replaces (default: one per --num_layers)"
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -285,11 +290,13 @@ def main() -> None:
             with out.open("a") as f:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)
-    markers = section(args.num_layers)
+    markers = section(args.num_layers, args.section)
     layers = "" if args.num_layers == SHAPE["num_layers"] else f" --num_layers {args.num_layers}"
+    layers += f" --section {args.section}" if args.section else ""
     lines = [
         markers[0],
-        "## The first plateau of var_rename: steps to escape it, per recipe variant (`bench/bench_plateau.py`)",
+        "## The plateaus of var_rename: steps to leave the first one and to reach 4 hops, per recipe variant "
+        "(`bench/bench_plateau.py`)",
         "",
         f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python -m bench.bench_plateau "
         f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every}{layers} "
@@ -297,7 +304,8 @@ def main() -> None:
         "",
         f"Depth recipe at {args.num_layers} layers, d_model {SHAPE['dim_model']}, {SHAPE['num_heads']} heads, "
         f"constant lr after warmup; fresh prompts of 2 chains x 8 renames (the curriculum's first stage; depth_recipe "
-        f"and layout_curriculum grow them every 1,000 steps); evaluated "
+        f"and the layout_curriculum variants grow them every {LAYOUT_CURRICULUM['renames_growth_steps']:,} steps); "
+        "evaluated "
         f"every {args.eval_every} steps on {args.eval_prompts} fixed prompts of 64 renames. Escape: first step "
         f"with depth-1 accuracy >= 0.9; reach 4: first step with depth reach at 90% >= 4. Lower is better.",
         "",

@@ -177,6 +177,10 @@ def test_plateau_variants_change_the_earlier_recipe_in_one_place_and_train() -> 
         True,
     )
     assert bp.config_of("qk_norm") == dataclasses.replace(baseline, qk_norm=True)
+    curriculum = bp.config_of("layout_curriculum", num_layers=4)
+    assert (curriculum.mix_layouts_from, curriculum.num_layers) == (depth().mix_layouts_from, 4)
+    assert bp.config_of("layout_curriculum+lr_2e-3", 4) == dataclasses.replace(curriculum, lr=2e-3)
+    assert bp.config_of("layout_curriculum+wd_0.1", 4) == dataclasses.replace(curriculum, weight_decay=0.1)
     result = bp.run_one("qk_norm", seed=0, max_steps=4, eval_every=2, eval_prompts=20, num_layers=1)
     assert result["steps"] == 4 and len(result["acc"]) == 6 and 0.0 <= result["acc"][0] <= 1.0
 
