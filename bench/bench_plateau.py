@@ -61,12 +61,13 @@ BASELINE = {
     "mix_layouts_from": 0,
     "renames_growth_steps": 3000,
     "batch_tokens": 0,
+    "lr": 1e-3,
 }
 """The depth recipe as it was before this benchmark (one layout, no QK-norm, 8 renames for the first 3,000 steps,
-64 prompts a batch at every length): every variant changes it in one place."""
+64 prompts a batch at every length, lr 1e-3): every variant changes it in one place."""
 
 
-LAYOUT_CURRICULUM: dict[str, Any] = {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from")}
+LAYOUT_CURRICULUM: dict[str, Any] = {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from") if k != "lr"}
 """The depth recipe's data as it is: QK-norm, bind-first prompts until step 1,000, then both layouts, growing."""
 
 
@@ -78,7 +79,7 @@ def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameC
         "warmup_1000": {"warmup_steps": 1000},
         "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
         "qk_norm+mixed_layouts": {"qk_norm": True, "mix_layouts": True},
-        "depth_recipe": {k: getattr(depth(), k) for k in BASELINE} | {"mix_layouts_from": 0},
+        "depth_recipe": {k: getattr(depth(), k) for k in BASELINE if k != "lr"} | {"mix_layouts_from": 0},
         "layout_curriculum": LAYOUT_CURRICULUM,
         "layout_curriculum+wd_0.1": LAYOUT_CURRICULUM | {"weight_decay": 0.1},
         "layout_curriculum+lr_2e-3": LAYOUT_CURRICULUM | {"lr": 2e-3},
