@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -67,7 +68,7 @@ BASELINE = {
 64 prompts a batch at every length, lr 1e-3): every variant changes it in one place."""
 
 
-LAYOUT_CURRICULUM: dict[str, Any] = {k: getattr(depth(), k) for k in (*BASELINE, "mix_layouts_from") if k != "lr"}
+LAYOUT_CURRICULUM: dict[str, Any] = {k: getattr(depth(), k) for k in BASELINE if k != "lr"}
 """The depth recipe's data as it is: QK-norm, bind-first prompts until step 1,000, then both layouts, growing."""
 
 
@@ -79,7 +80,7 @@ def config_of(variant: str, num_layers: int = SHAPE["num_layers"]) -> VarRenameC
         "warmup_1000": {"warmup_steps": 1000},
         "qk_norm+lr_3e-3": {"qk_norm": True, "lr": 3e-3},
         "qk_norm+mixed_layouts": {"qk_norm": True, "mix_layouts": True},
-        "depth_recipe": {k: getattr(depth(), k) for k in BASELINE if k != "lr"} | {"mix_layouts_from": 0},
+        "depth_recipe": LAYOUT_CURRICULUM | {"mix_layouts_from": 0},
         "layout_curriculum": LAYOUT_CURRICULUM,
         "layout_curriculum+wd_0.1": LAYOUT_CURRICULUM | {"weight_decay": 0.1},
         "layout_curriculum+lr_2e-3": LAYOUT_CURRICULUM | {"lr": 2e-3},
@@ -130,7 +131,7 @@ VARIANTS = [
 temperature); unscaled_init: residual projections at std 0.02; lr_3e-4, warmup_1000: the optimiser's schedule;
 depth_balanced: each target's loss weighted by 1 / (targets of its depth in the batch), so rare deep positions weigh
 as much as shallow ones; qk_norm+mixed_layouts: QK-norm on prompts of both layouts (``--mix_layouts``); depth_recipe: the depth recipe
-with both layouts mixed from the start (QK-norm, the prompts growing every 1,000 steps); layout_curriculum: the depth
+with both layouts mixed from the start (QK-norm, the prompts growing as in the recipe); layout_curriculum: the depth
 recipe as it is (bind_first only until step 1,000, then both layouts); layout_curriculum+wd_0.1 and
 layout_curriculum+lr_2e-3: that recipe with weight decay 0.1 (0.01) or learning rate 2e-3 (1e-3), levers tried on
 the second plateau (depth 2), where one 4-layer seed of the depth-law grid stayed."""
@@ -266,6 +267,8 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {VARIANTS}")
+    if args.section and not re.fullmatch(r"[A-Za-z0-9_]+", args.section):
+        parser.error(f"section must be letters, digits and '_', got {args.section[:40]!r}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -292,15 +295,15 @@ def main() -> None:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)
     markers = section(args.num_layers, args.section)
-    layers = "" if args.num_layers == SHAPE["num_layers"] else f" --num_layers {args.num_layers}"
-    layers += f" --section {args.section}" if args.section else ""
+    flags = "" if args.num_layers == SHAPE["num_layers"] else f" --num_layers {args.num_layers}"
+    flags += f" --section {args.section}" if args.section else ""
     lines = [
         markers[0],
         "## The plateaus of var_rename: steps to leave the first one and to reach 4 hops, per recipe variant "
         "(`bench/bench_plateau.py`)",
         "",
         f"Machine: {machine()}. Date: {datetime.date.today()}. Command: `python -m bench.bench_plateau "
-        f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every}{layers} "
+        f"--seeds {args.seeds} --max_steps {args.max_steps} --eval_every {args.eval_every}{flags} "
         f"--variants {','.join(variants)} --write` ({args.parallel} runs at a time, one torch thread each).",
         "",
         f"Depth recipe at {args.num_layers} layers, d_model {SHAPE['dim_model']}, {SHAPE['num_heads']} heads, "
